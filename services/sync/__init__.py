@@ -1,0 +1,1 @@
+"""The side channel that carries weights trainer -> rollout/reference over torch.distributed."""

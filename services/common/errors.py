@@ -1,0 +1,41 @@
+"""Domain errors. One interceptor maps them to gRPC status codes (see interceptors.py)."""
+
+from __future__ import annotations
+
+
+class AlignmeshError(Exception):
+    """Base class; ``code`` names a ``grpc.StatusCode`` member."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgument(AlignmeshError):
+    """A request or config field is wrong. The message names the field and the fix."""
+
+    code = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(AlignmeshError):
+    code = "NOT_FOUND"
+
+
+class FailedPrecondition(AlignmeshError):
+    code = "FAILED_PRECONDITION"
+
+
+class Aborted(AlignmeshError):
+    code = "ABORTED"
+
+
+class Unavailable(AlignmeshError):
+    code = "UNAVAILABLE"
+
+
+class ConfigError(AlignmeshError):
+    """A config file is wrong; raised at load, before anything starts."""
+
+    code = "INVALID_ARGUMENT"

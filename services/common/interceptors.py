@@ -1,0 +1,146 @@
+"""Server interceptors: domain errors -> status codes, metrics, bearer-token auth."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from alignmesh.services.common import metrics
+from alignmesh.services.common.errors import AlignmeshError
+
+log = logging.getLogger("alignmesh.rpc")
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def _wrap(handler: grpc.RpcMethodHandler, unary: Callable, stream: Callable) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), handler.request_deserializer,
+                                                   handler.response_serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), handler.request_deserializer,
+                                                    handler.response_serializer)
+    return handler  # client-streaming methods: none in our protos
+
+
+async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    if isinstance(exc, AlignmeshError):
+        await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+    log.error("INTERNAL in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def _code_of(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    if code is None:
+        return "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """The one place where exceptions become status codes; INTERNAL is logged with its stack."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+
+        def unary(fn):
+            async def run(request, context):
+                try:
+                    return await fn(request, context)
+                except (AlignmeshError, Exception) as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await _abort_for(exc, context, method)
+            return run
+
+        def stream(fn):
+            async def run(request, context):
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await _abort_for(exc, context, method)
+            return run
+
+        return _wrap(handler, unary, stream)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, role: str):
+        self.role = role
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method.rsplit("/", 1)[-1]
+        role = self.role
+
+        def record(context, start: float, failed: bool) -> None:
+            code = _code_of(context)
+            if failed and code == "OK":
+                code = "CANCELLED"
+            metrics.RPC_TOTAL.labels(role, method, code).inc()
+            metrics.RPC_LATENCY.labels(role, method).observe(time.perf_counter() - start)
+            if code != "OK":
+                metrics.RPC_ERRORS.labels(role, method, code).inc()
+
+        def unary(fn):
+            async def run(request, context):
+                start, failed = time.perf_counter(), True
+                metrics.IN_FLIGHT.labels(role).inc()
+                try:
+                    out = await fn(request, context)
+                    failed = False
+                    return out
+                finally:
+                    metrics.IN_FLIGHT.labels(role).dec()
+                    record(context, start, failed)
+            return run
+
+        def stream(fn):
+            async def run(request, context):
+                start, failed = time.perf_counter(), True
+                metrics.IN_FLIGHT.labels(role).inc()
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                    failed = False
+                finally:
+                    metrics.IN_FLIGHT.labels(role).dec()
+                    record(context, start, failed)
+            return run
+
+        return _wrap(handler, unary, stream)
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>``; health and reflection stay open."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, details):
+        if details.method.startswith(EXEMPT_PREFIXES):
+            return await continuation(details)
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        if isinstance(given, str):
+            given = given.encode()
+        if hmac.compare_digest(given, self._expected):
+            return await continuation(details)
+        return _deny_handler()
+
+
+def _deny_handler() -> grpc.RpcMethodHandler:
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Awaitable[None]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token "
+                                                             "(metadata 'authorization: Bearer <token>')")
+    return grpc.unary_unary_rpc_method_handler(deny)

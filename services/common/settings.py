@@ -1,0 +1,139 @@
+"""The cluster config (one YAML for every role) and where the model lives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignmesh.services.common.config import from_dict, read_yaml
+from alignmesh.services.common.errors import ConfigError
+
+ROLES = ("trainer", "rollout", "reward", "reference", "coordinator")
+DEFAULT_MODEL = "default"
+
+
+def _positive(where: str, name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{where + '.' if where else ''}{name}: must be > 0, got {value}")
+
+
+@dataclass
+class TLSConfig:
+    cert: str
+    key: str
+    ca: str | None = None
+
+
+@dataclass
+class SecurityConfig:
+    """Off by default on loopback. ``token`` turns on bearer auth on every service (health exempt)."""
+
+    token: str | None = None
+    tls: TLSConfig | None = None
+
+
+@dataclass
+class RolloutConfig:
+    replicas: int = 1
+    backend: str = "hf"
+    max_batch_size: int = 1024
+
+    def validate(self, where: str) -> None:
+        _positive(where, "replicas", self.replicas)
+        _positive(where, "max_batch_size", self.max_batch_size)
+
+
+@dataclass
+class RewardConfig:
+    replicas: int = 1
+    default: str = "addition_exact"
+    # Extra rule functions: name -> "package.module:function" or "path/to/file.py:function".
+    functions: dict[str, str] = field(default_factory=dict)
+    # A sequence-classification model directory served as the scorer named "model".
+    model: str | None = None
+
+    def validate(self, where: str) -> None:
+        _positive(where, "replicas", self.replicas)
+
+
+@dataclass
+class ReferenceConfig:
+    replicas: int = 1
+    micro_batch_size: int = 512
+
+    def validate(self, where: str) -> None:
+        _positive(where, "replicas", self.replicas)
+
+
+@dataclass
+class TrainerConfig:
+    backend: str = "torch"
+    learning_rate: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self, where: str) -> None:
+        _positive(where, "learning_rate", self.learning_rate)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{where}.betas: must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class CoordinatorConfig:
+    db: str = "alignmesh.db"
+    runs_dir: str = "runs"
+    rpc_timeout_s: float = 120.0
+    sync_timeout_s: float = 60.0
+
+    def validate(self, where: str) -> None:
+        _positive(where, "rpc_timeout_s", self.rpc_timeout_s)
+        _positive(where, "sync_timeout_s", self.sync_timeout_s)
+
+
+@dataclass
+class ClusterConfig:
+    # "default" = the embedded tiny model, created locally on first use; else a local HF model directory.
+    model: str = DEFAULT_MODEL
+    host: str = "127.0.0.1"
+    # Torch/OpenMP threads per service process; None = an equal share of the cores.
+    threads_per_process: int | None = None
+    # First port of the local cluster; 0 = free ports chosen at start.
+    base_port: int = 0
+    cache_dir: str = "~/.cache/alignmesh"
+    state_dir: str = ".alignmesh"
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+
+    def validate(self, where: str) -> None:
+        if self.threads_per_process is not None:
+            _positive(where, "threads_per_process", self.threads_per_process)
+
+    def replicas(self, role: str) -> int:
+        if role in ("trainer", "coordinator"):
+            return 1
+        return getattr(self, role).replicas
+
+    def model_path(self) -> Path:
+        """Resolve ``model``: the embedded default is created (once, cached) when first asked for."""
+        if self.model == DEFAULT_MODEL:
+            from alignmesh.services.models.tiny import ensure_default_model
+
+            return ensure_default_model(Path(self.cache_dir).expanduser())
+        path = Path(self.model).expanduser()
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model: {path} is not a model directory (no config.json); "
+                              f"give a local HF model directory or 'default'")
+        return path
+
+
+def load_cluster_config(path: str | Path | None) -> ClusterConfig:
+    if path is None:
+        return ClusterConfig()
+    return from_dict(ClusterConfig, read_yaml(path), "")

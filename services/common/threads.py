@@ -1,0 +1,30 @@
+"""Per-process CPU thread budget: each service process uses its share of the cores, never all of them."""
+
+from __future__ import annotations
+
+import os
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def share(processes: int) -> int:
+    """Threads for one of ``processes`` compute processes sharing this machine."""
+    return max(1, cpu_count() // max(1, processes))
+
+
+def apply(threads: int) -> None:
+    """Set torch intra-op and interop threads and the OpenMP/MKL variables for children."""
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(max(1, threads))
+    except RuntimeError:  # already set once in this process
+        pass

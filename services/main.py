@@ -1,0 +1,77 @@
+"""``alignmesh serve <role>``: build one role's backend and serve it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, Sequence
+
+from alignmesh.services.common import threads
+from alignmesh.services.common.server import ServeSpec, serve
+from alignmesh.services.common.settings import ROLES, ClusterConfig
+
+COMPUTE_ROLES = ("trainer", "rollout", "reference")
+
+
+def default_threads(cfg: ClusterConfig) -> int:
+    """An equal share of the cores among the compute processes of a local cluster."""
+    if cfg.threads_per_process:
+        return cfg.threads_per_process
+    return threads.share(sum(cfg.replicas(r) for r in COMPUTE_ROLES))
+
+
+def _vocab(path) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(str(path)).vocab_size)
+
+
+def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
+    """Load the backend (slow part) and return a function that registers its servicer on a server."""
+    if role == "coordinator":
+        from alignmesh.coordinator.servicer import build_coordinator
+
+        return build_coordinator(cfg)
+    path = str(cfg.model_path())
+    if role == "rollout":
+        from alignmesh.services.rollout import backend, servicer
+
+        be = backend.create(cfg.rollout.backend, model_path=path, max_batch_size=cfg.rollout.max_batch_size)
+        svc = servicer.RolloutServicer(be, _vocab(path))
+    elif role == "reference":
+        from alignmesh.services.reference import backend, servicer
+
+        be = backend.TorchReferenceBackend(path, micro_batch_size=cfg.reference.micro_batch_size)
+        svc = servicer.ReferenceServicer(be, _vocab(path))
+    elif role == "reward":
+        from alignmesh.services.reward import servicer
+        from alignmesh.services.reward.registry import Registry
+
+        registry = Registry(cfg.reward.default)
+        for name, ref in cfg.reward.functions.items():
+            registry.add_rule(name, ref)
+        if cfg.reward.model:
+            from alignmesh.services.reward.model_scorer import SequenceClassifierScorer
+
+            registry.add("model", SequenceClassifierScorer(cfg.reward.model))
+        registry.check()
+        svc = servicer.RewardServicer(registry)
+    elif role == "trainer":
+        from alignmesh.services.trainer import backend, servicer
+
+        t = cfg.trainer
+        be = backend.create(t.backend, model_path=path, learning_rate=t.learning_rate, betas=t.betas,
+                            weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, device=t.device)
+        svc = servicer.TrainerServicer(be, _vocab(path))
+    else:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    return lambda server: servicer.add_to_server(svc, server)
+
+
+def run(role: str, cfg: ClusterConfig, port: int, metrics_port: int, host: str | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
+    threads.apply(default_threads(cfg))
+    register = build(role, cfg)
+    spec = ServeSpec(role=role, host=host or cfg.host, port=port, metrics_port=metrics_port,
+                     security=cfg.security)
+    asyncio.run(serve(spec, register))

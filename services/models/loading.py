@@ -1,0 +1,35 @@
+"""Load any local HF-format causal LM directory (the embedded default included)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignmesh.services.common.errors import ConfigError
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str | Path, device: str = "cpu"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    if not (Path(path) / "config.json").is_file():
+        raise ConfigError(f"model: {path} is not a model directory (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    return model.to(device)

@@ -1,0 +1,68 @@
+"""The embedded default: a tiny Llama-style model and a character tokenizer, created locally.
+
+Deterministic: the same seed gives the same bytes. 20 tokens (pad, bos, eos, digits, ``+ = - * ( )`` and
+space); hidden 128, 2 layers, 4 heads, FFN 512, tied embeddings, 64 positions: 527,488 parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+CHARS = "0123456789+=-*() "
+SPECIALS = ("<pad>", "<s>", "</s>")
+DEFAULT_NAME = "tiny-llama-chars-v1"
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for ch in CHARS:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.add_special_tokens(list(SPECIALS))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def build_config(hidden: int = 128, layers: int = 2, heads: int = 4, ffn: int = 512, positions: int = 64,
+                 tie: bool = True):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(SPECIALS) + len(CHARS), hidden_size=hidden, intermediate_size=ffn,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                       max_position_embeddings=positions, tie_word_embeddings=tie, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=0, torch_dtype="float32")
+
+
+def create_model_dir(path: str | Path, seed: int = 0, **arch) -> Path:
+    """Write a fresh model + tokenizer to ``path`` (atomically: temp dir, then rename)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(build_config(**arch))
+        model.save_pretrained(tmp)
+        build_tokenizer().save_pretrained(tmp)
+        os.replace(tmp, path) if not path.exists() else shutil.rmtree(tmp)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def ensure_default_model(cache_dir: Path) -> Path:
+    path = Path(cache_dir) / "models" / DEFAULT_NAME
+    if not (path / "config.json").is_file():
+        create_model_dir(path, seed=0)
+    return path

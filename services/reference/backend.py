@@ -1,0 +1,43 @@
+"""Reference model: per-token log-probabilities of given sequences under frozen weights."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from alignmesh.services.models.loading import load_causal_lm
+from alignmesh.services.models.logprobs import token_logprobs
+from alignmesh.services.sync.group import GroupSpec, SyncGroup
+from alignmesh.services.sync.receiver import WeightReceiver
+
+
+class ReferenceBackend(Protocol):
+    receiver: WeightReceiver
+
+    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, int]: ...
+
+    def join_sync_group(self, spec: GroupSpec) -> str: ...
+
+
+class TorchReferenceBackend:
+    def __init__(self, model_path: str, device: str = "cpu", micro_batch_size: int = 512):
+        self.device = device
+        self.model = load_causal_lm(model_path, device).eval()
+        self.micro_batch_size = micro_batch_size
+        self.receiver = WeightReceiver(self.model)
+
+    def join_sync_group(self, spec: GroupSpec) -> str:
+        group = SyncGroup(spec, self.device)
+        self.receiver.join(group)
+        return group.backend
+
+    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+        outs = []
+        with self.receiver.lock, torch.no_grad():
+            for i in range(0, input_ids.shape[0], self.micro_batch_size):
+                ids = input_ids[i:i + self.micro_batch_size].to(self.device)
+                mask = attention_mask[i:i + self.micro_batch_size].to(self.device)
+                outs.append(token_logprobs(self.model, ids, mask).cpu())
+            version = self.receiver.version
+        return torch.cat(outs), version

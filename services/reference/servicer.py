@@ -1,0 +1,28 @@
+"""ReferenceService: decode -> backend -> encode."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alignmesh.protos.reference.v1 import reference_pb2, reference_pb2_grpc
+from alignmesh.services.reference import convert
+from alignmesh.services.reference.backend import ReferenceBackend
+from alignmesh.services.sync.servicer import WeightControlMixin
+
+
+class ReferenceServicer(WeightControlMixin, reference_pb2_grpc.ReferenceServiceServicer):
+    role = "reference"
+
+    def __init__(self, backend: ReferenceBackend, vocab_size: int):
+        self.backend = backend
+        self.vocab_size = vocab_size
+
+    async def ComputeLogProbs(self, request, context):
+        ids, mask = convert.batch_from_proto(request, self.vocab_size)
+        logprobs, version = await asyncio.to_thread(self.backend.logprobs, ids, mask)
+        return convert.logprobs_to_proto(logprobs, version)
+
+
+def add_to_server(servicer: ReferenceServicer, server) -> list[str]:
+    reference_pb2_grpc.add_ReferenceServiceServicer_to_server(servicer, server)
+    return [reference_pb2.DESCRIPTOR.services_by_name["ReferenceService"].full_name]

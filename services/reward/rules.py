@@ -1,0 +1,23 @@
+"""Built-in rule rewards. A rule is ``fn(prompt, completion, metadata) -> float``."""
+
+from __future__ import annotations
+
+
+def exact_answer(prompt: str, completion: str, metadata: dict[str, str]) -> float:
+    """1.0 when the completion (surrounding whitespace stripped) equals ``metadata['answer']``, else 0.0."""
+    if "answer" not in metadata:
+        raise KeyError("metadata.answer")
+    return 1.0 if completion.strip() == metadata["answer"].strip() else 0.0
+
+
+def addition_exact(prompt: str, completion: str, metadata: dict[str, str]) -> float:
+    """The embedded task: ``a+b=`` must be completed by ``str(a+b)``. Uses the answer in metadata when given,
+    else computes it from the prompt."""
+    if "answer" in metadata:
+        return exact_answer(prompt, completion, metadata)
+    left = prompt.strip().rstrip("=")
+    a, b = left.split("+")
+    return 1.0 if completion.strip() == str(int(a) + int(b)) else 0.0
+
+
+BUILTIN = {"exact_answer": exact_answer, "addition_exact": addition_exact}

@@ -1,0 +1,29 @@
+"""RolloutService: decode -> backend -> encode."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
+from alignmesh.services.rollout import convert
+from alignmesh.services.rollout.backend import RolloutBackend
+from alignmesh.services.sync.servicer import WeightControlMixin
+
+
+class RolloutServicer(WeightControlMixin, rollout_pb2_grpc.RolloutServiceServicer):
+    role = "rollout"
+
+    def __init__(self, backend: RolloutBackend, vocab_size: int):
+        self.backend = backend
+        self.vocab_size = vocab_size
+
+    async def Generate(self, request, context):
+        prompts = convert.prompts_from_proto(request, self.vocab_size)
+        params = convert.sampling_from_proto(request.sampling)
+        gen = await asyncio.to_thread(self.backend.generate, prompts, params)
+        return convert.generation_to_proto(gen)
+
+
+def add_to_server(servicer: RolloutServicer, server) -> list[str]:
+    rollout_pb2_grpc.add_RolloutServiceServicer_to_server(servicer, server)
+    return [rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name]

@@ -1,0 +1,121 @@
+"""Pure functions for the weight-sync wire format: bucket plan, packing and checksums.
+
+A sync of version ``v`` is: one int64 header ``[v, n_buckets, total_bytes, (s1, s2) per bucket]``, then each
+bucket as one flat tensor of a single dtype. Both sides derive the same plan from the same manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MODULUS = 65521  # checksum position weights cycle through 1..MODULUS
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+@dataclass(frozen=True)
+class Bucket:
+    dtype: torch.dtype
+    specs: tuple[Spec, ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(s.numel for s in self.specs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.specs)
+
+
+def specs_of(named: list[tuple[str, torch.Tensor]]) -> list[Spec]:
+    return [Spec(name, t.dtype, tuple(t.shape)) for name, t in named]
+
+
+def plan(specs: list[Spec], bucket_bytes: int) -> list[Bucket]:
+    """Group specs by dtype (first-seen order) into buckets of at most ``bucket_bytes``.
+
+    A tensor larger than ``bucket_bytes`` travels alone in its own bucket. Order within a dtype is kept.
+    """
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+    by_dtype: dict[torch.dtype, list[Spec]] = {}
+    for spec in specs:
+        by_dtype.setdefault(spec.dtype, []).append(spec)
+    buckets: list[Bucket] = []
+    for dtype, group in by_dtype.items():
+        current: list[Spec] = []
+        size = 0
+        for spec in group:
+            if current and size + spec.nbytes > bucket_bytes:
+                buckets.append(Bucket(dtype, tuple(current)))
+                current, size = [], 0
+            current.append(spec)
+            size += spec.nbytes
+        if current:
+            buckets.append(Bucket(dtype, tuple(current)))
+    return buckets
+
+
+def pack(bucket: Bucket, tensors: dict[str, torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """Concatenate the bucket's tensors into one flat tensor of the bucket's dtype."""
+    flat = out if out is not None else torch.empty(bucket.numel, dtype=bucket.dtype,
+                                                   device=tensors[bucket.specs[0].name].device)
+    offset = 0
+    for spec in bucket.specs:
+        flat[offset:offset + spec.numel].copy_(tensors[spec.name].reshape(-1))
+        offset += spec.numel
+    return flat
+
+
+def unpack(bucket: Bucket, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Split a flat bucket back into named tensors (views of ``flat``)."""
+    out = {}
+    offset = 0
+    for spec in bucket.specs:
+        out[spec.name] = flat[offset:offset + spec.numel].view(spec.shape)
+        offset += spec.numel
+    return out
+
+
+def checksum(flat: torch.Tensor) -> tuple[int, int]:
+    """Position-weighted sums over the bytes read as int32 words (Fletcher-like, runs on any device).
+
+    ``s1 = sum(w_i)`` and ``s2 = sum(w_i * (i mod 65521 + 1))`` with int64 wrap-around; any single changed
+    word, and any swap of two different words, changes the pair.
+    """
+    raw = flat.detach().contiguous().view(-1).view(torch.uint8)
+    pad = (-raw.numel()) % 4
+    if pad:
+        raw = torch.cat([raw, raw.new_zeros(pad)])
+    words = raw.view(torch.int32).to(torch.int64)
+    weights = torch.arange(words.numel(), device=words.device, dtype=torch.int64) % MODULUS + 1
+    return int(words.sum()), int((words * weights).sum())
+
+
+def header(version: int, buckets: list[Bucket], sums: list[tuple[int, int]]) -> torch.Tensor:
+    values = [version, len(buckets), sum(b.nbytes for b in buckets)]
+    for s1, s2 in sums:
+        values += [s1, s2]
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def header_len(n_buckets: int) -> int:
+    return 3 + 2 * n_buckets

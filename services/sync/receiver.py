@@ -1,0 +1,124 @@
+"""Receiver side (rollout, reference): stage, verify, then swap in atomically; keep old weights on failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from alignmesh.services.common.errors import Aborted, FailedPrecondition, InvalidArgument
+from alignmesh.services.sync import buckets as bk
+from alignmesh.services.sync.group import SyncError, SyncGroup
+
+
+@dataclass
+class Staged:
+    version: int
+    tensors: dict[str, torch.Tensor]
+    bytes: int
+    buckets: int
+    seconds: float
+
+
+def check_manifest(own: list[bk.Spec], incoming: list[bk.Spec]) -> None:
+    """Names, dtypes and shapes must match exactly; the first difference is named."""
+    mine = {s.name: s for s in own}
+    theirs = {s.name: s for s in incoming}
+    for name in theirs.keys() - mine.keys():
+        raise FailedPrecondition(f"manifest: sender has parameter {name!r} that this model lacks")
+    for name in mine.keys() - theirs.keys():
+        raise FailedPrecondition(f"manifest: parameter {name!r} of this model is missing from the sender")
+    for name, spec in theirs.items():
+        if spec.dtype != mine[name].dtype or spec.shape != mine[name].shape:
+            raise FailedPrecondition(f"manifest: {name} is {spec.dtype}{list(spec.shape)} on the sender, "
+                                     f"{mine[name].dtype}{list(mine[name].shape)} here")
+
+
+class WeightReceiver:
+    """Owns a model's weight version. ``lock`` guards the live weights: hold it while using the model."""
+
+    def __init__(self, model: torch.nn.Module, version: int = 0):
+        self.model = model
+        self.version = version
+        self.lock = threading.Lock()
+        self.group: SyncGroup | None = None
+        self._staged: Staged | None = None
+
+    @property
+    def staged_version(self) -> int:
+        return self._staged.version if self._staged else -1
+
+    def own_specs(self) -> list[bk.Spec]:
+        return bk.specs_of([(n, p) for n, p in self.model.named_parameters()])
+
+    def receive(self, group_id: str, version: int, specs: list[bk.Spec], bucket_bytes: int) -> Staged:
+        """Receive version ``version`` into fresh buffers and verify every bucket; stage on success."""
+        group = self.group
+        if group is None or group.spec.group_id != group_id:
+            raise FailedPrecondition(f"group_id: not a member of sync group {group_id!r}; join it first")
+        if version <= self.version:
+            raise InvalidArgument("version", f"must be newer than the served version {self.version}, got {version}")
+        check_manifest(self.own_specs(), specs)
+        self._staged = None
+        start = time.perf_counter()
+        plan = bk.plan(specs, bucket_bytes)
+        try:
+            got, flats = self._receive_buckets(group, plan)
+        except SyncError as exc:
+            self.group = None
+            group.close()
+            raise Aborted(f"weight sync to version {version} failed, still serving {self.version}; the sync "
+                          f"group must be formed again: {exc}") from exc
+        if got[0] != version or got[1] != len(plan):
+            raise Aborted(f"weight sync: header says version {got[0]} with {got[1]} buckets, expected version "
+                          f"{version} with {len(plan)}; update discarded, still serving {self.version}")
+        for i, flat in enumerate(flats):
+            expect = (got[3 + 2 * i], got[4 + 2 * i])
+            if bk.checksum(flat) != expect:
+                raise Aborted(f"weight sync: bucket {i} of {len(plan)} failed its checksum; update to version "
+                              f"{version} discarded, still serving {self.version}")
+        tensors: dict[str, torch.Tensor] = {}
+        for bucket, flat in zip(plan, flats):
+            tensors.update(bk.unpack(bucket, flat))
+        self._staged = Staged(version, tensors, sum(b.nbytes for b in plan), len(plan),
+                              time.perf_counter() - start)
+        return self._staged
+
+    @staticmethod
+    def _receive_buckets(group: SyncGroup, plan: list[bk.Bucket]) -> tuple[list[int], list[torch.Tensor]]:
+        head = torch.zeros(bk.header_len(len(plan)), dtype=torch.int64, device=group.device)
+        group.broadcast(head)
+        flats = []
+        for bucket in plan:
+            flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=group.device)
+            group.broadcast(flat)
+            flats.append(flat)
+        return head.tolist(), flats
+
+    def commit(self, version: int) -> int:
+        staged = self._staged
+        if staged is None or staged.version != version:
+            raise FailedPrecondition(f"version: nothing staged for version {version} "
+                                     f"(staged: {self.staged_version}); prepare it first")
+        params = dict(self.model.named_parameters())
+        with self.lock, torch.no_grad():
+            for name, tensor in staged.tensors.items():
+                params[name].copy_(tensor)
+            self.version = version
+            self._staged = None
+        return self.version
+
+    def abort(self, version: int) -> int:
+        if self._staged is not None and (version <= 0 or self._staged.version == version):
+            self._staged = None
+        return self.version
+
+    def join(self, group: SyncGroup) -> None:
+        old, self.group = self.group, group
+        if old is not None:
+            old.close()
+
+
+__all__ = ["WeightReceiver", "Staged", "check_manifest", "SyncError"]

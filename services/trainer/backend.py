@@ -1,0 +1,83 @@
+"""The trainer Protocol, the experience it trains on, and the backend registry.
+
+The trainer is algorithm-blind: it applies a named loss from ``LOSSES`` to the experience it is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from alignmesh.services.sync.buckets import Spec
+from alignmesh.services.sync.group import GroupSpec
+from alignmesh.services.sync.sender import PublishStats
+
+
+@dataclass
+class Experience:
+    input_ids: torch.Tensor  # int64 [B, T]
+    attention_mask: torch.Tensor  # int64 [B, T]
+    loss_mask: torch.Tensor  # float32 [B, T]
+    advantages: torch.Tensor | None = None  # float32 [B] or [B, T]
+    ref_logprobs: torch.Tensor | None = None  # float32 [B, T]
+
+
+@dataclass
+class LossSpec:
+    name: str = "policy_gradient"
+    clip_eps: float = 0.2
+    kl_coef: float = 0.0
+    epochs: int = 1
+    micro_batch_size: int = 0  # 0 = whole batch
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    step: int
+    weight_version: int
+
+
+@dataclass
+class TrainerStateInfo:
+    step: int
+    weight_version: int
+    num_parameters: int
+    device: str
+    learning_rate: float
+
+
+class TrainerBackend(Protocol):
+    def train_step(self, batch: Experience, loss: LossSpec, learning_rate: float | None) -> tuple[int, dict]: ...
+
+    def save_checkpoint(self, path: str, export_hf: bool) -> CheckpointInfo: ...
+
+    def load_checkpoint(self, path: str) -> CheckpointInfo: ...
+
+    def state(self) -> TrainerStateInfo: ...
+
+    def manifest(self) -> list[Spec]: ...
+
+    def join_sync_group(self, spec: GroupSpec) -> str: ...
+
+    def publish(self, group_id: str, version: int, bucket_bytes: int) -> PublishStats: ...
+
+
+BACKENDS: dict[str, Callable[..., TrainerBackend]] = {}
+
+
+def register(name: str):
+    def deco(factory):
+        BACKENDS[name] = factory
+        return factory
+    return deco
+
+
+def create(name: str, **kwargs) -> TrainerBackend:
+    if name == "torch":
+        from alignmesh.services.trainer import torch_backend  # noqa: F401  (registers itself)
+    if name not in BACKENDS:
+        raise ValueError(f"trainer.backend: unknown backend {name!r}; known: {sorted(BACKENDS) or ['torch']}")
+    return BACKENDS[name](**kwargs)

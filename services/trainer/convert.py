@@ -1,0 +1,68 @@
+"""Trainer protos <-> backend types."""
+
+from __future__ import annotations
+
+import torch
+
+from alignmesh.protos.trainer.v1 import trainer_pb2
+from alignmesh.services.common.convert import decode
+from alignmesh.services.common.errors import InvalidArgument
+from alignmesh.services.trainer.backend import CheckpointInfo, Experience, LossSpec, TrainerStateInfo
+
+
+def _optional(msg, name: str, shape0: int) -> torch.Tensor | None:
+    field = getattr(msg, name)
+    if not field.dtype:
+        return None
+    t = decode(field, name, torch.float32)
+    if t.shape[0] != shape0:
+        raise InvalidArgument(name, f"first dimension {t.shape[0]} must equal the batch size {shape0}")
+    return t
+
+
+def experience_from_proto(req: trainer_pb2.TrainStepRequest, vocab_size: int) -> Experience:
+    ids = decode(req.input_ids, "input_ids", torch.int64, ndim=2)
+    if ids.shape[0] == 0:
+        raise InvalidArgument("input_ids", "holds no sequences")
+    if (ids < 0).any() or (ids >= vocab_size).any():
+        raise InvalidArgument("input_ids", f"token ids must be in [0, {vocab_size})")
+    mask = decode(req.attention_mask, "attention_mask", ndim=2).to(torch.int64)
+    loss_mask = decode(req.loss_mask, "loss_mask", torch.float32, ndim=2)
+    for name, t in (("attention_mask", mask), ("loss_mask", loss_mask)):
+        if t.shape != ids.shape:
+            raise InvalidArgument(name, f"shape {list(t.shape)} must equal input_ids shape {list(ids.shape)}")
+    adv = _optional(req, "advantages", ids.shape[0])
+    if adv is not None and adv.dim() == 2 and adv.shape != ids.shape:
+        raise InvalidArgument("advantages", f"must be [B] or [B, T] = {list(ids.shape)}, got {list(adv.shape)}")
+    ref = _optional(req, "ref_logprobs", ids.shape[0])
+    if ref is not None and ref.shape != ids.shape:
+        raise InvalidArgument("ref_logprobs", f"shape {list(ref.shape)} must equal input_ids shape "
+                                              f"{list(ids.shape)}")
+    return Experience(ids, mask, loss_mask, adv, ref)
+
+
+def loss_from_proto(msg: trainer_pb2.LossSpec) -> LossSpec:
+    spec = LossSpec(name=msg.name or "policy_gradient", clip_eps=msg.clip_eps or 0.2, kl_coef=msg.kl_coef,
+                    epochs=msg.epochs or 1, micro_batch_size=msg.micro_batch_size)
+    if spec.kl_coef < 0:
+        raise InvalidArgument("loss.kl_coef", f"must be >= 0, got {spec.kl_coef}")
+    if spec.micro_batch_size < 0 or spec.epochs < 1:
+        raise InvalidArgument("loss.micro_batch_size", "must be >= 0 (and loss.epochs >= 1)")
+    return spec
+
+
+def learning_rate_from_proto(req: trainer_pb2.TrainStepRequest) -> float | None:
+    if not req.HasField("learning_rate"):
+        return None
+    if req.learning_rate <= 0:
+        raise InvalidArgument("learning_rate", f"must be > 0, got {req.learning_rate}")
+    return req.learning_rate
+
+
+def checkpoint_to_proto(info: CheckpointInfo) -> trainer_pb2.CheckpointInfo:
+    return trainer_pb2.CheckpointInfo(path=info.path, step=info.step, weight_version=info.weight_version)
+
+
+def state_to_proto(s: TrainerStateInfo) -> trainer_pb2.TrainerState:
+    return trainer_pb2.TrainerState(step=s.step, weight_version=s.weight_version, num_parameters=s.num_parameters,
+                                    device=s.device, learning_rate=s.learning_rate)

@@ -1,0 +1,63 @@
+"""Policy losses as pure torch functions: tensors in, tensors out. No I/O, no config objects.
+
+Shapes: B sequences, T positions. ``logprobs[b, t] = log pi(x_t | x_<t)``; ``mask[b, t] = 1`` where the token at
+t is trained on. Every loss is a token sum divided by ``normalizer`` (default: ``mask.sum()``), so a batch split
+into micro-batches that share the full batch's normalizer gives the same gradient as the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _norm(mask: torch.Tensor, normalizer: float | torch.Tensor | None) -> torch.Tensor:
+    n = mask.sum() if normalizer is None else torch.as_tensor(normalizer, dtype=mask.dtype)
+    return n.clamp(min=1.0)
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi || pi_ref) (Schulman, 2020): ``exp(r - l) - (r - l) - 1 >= 0``.
+
+    logprobs, ref_logprobs: [B, T] -> [B, T].
+    """
+    delta = ref_logprobs - logprobs
+    return torch.exp(delta) - delta - 1.0
+
+
+def policy_gradient_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                         mask: torch.Tensor, clip_eps: float, ref_logprobs: torch.Tensor | None = None,
+                         kl_coef: float = 0.0, normalizer: float | torch.Tensor | None = None,
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate (PPO, Schulman et al. 2017) with the GRPO KL term (Shao et al. 2024):
+
+        rho_bt = exp(logprobs - old_logprobs)
+        L = -(1/N) sum_bt mask_bt [ min(rho_bt A_bt, clip(rho_bt, 1-eps, 1+eps) A_bt) - beta k3_bt ]
+
+    advantages: [B] (one per sequence, broadcast over tokens) or [B, T]. Returns (loss, stats) where stats are
+    detached token means: ``pg_loss``, ``kl``, ``clip_frac``, ``ratio``.
+    """
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    mask = mask.to(logprobs.dtype)
+    n = _norm(mask, normalizer)
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
+    surrogate = torch.minimum(unclipped, clipped)
+    pg = -(surrogate * mask).sum() / n
+    kl = torch.zeros((), dtype=logprobs.dtype)
+    if ref_logprobs is not None:
+        kl = (kl_k3(logprobs, ref_logprobs) * mask).sum() / n
+    loss = pg + kl_coef * kl
+    with torch.no_grad():
+        stats = {"pg_loss": pg.detach(), "kl": kl.detach(),
+                 "clip_frac": (((unclipped != clipped).to(mask.dtype) * mask).sum() / n),
+                 "ratio": (ratio * mask).sum() / n}
+    return loss, stats
+
+
+def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, normalizer: float | torch.Tensor | None = None,
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Token-mean negative log-likelihood: ``L = -(1/N) sum_bt mask_bt logprobs_bt``."""
+    mask = mask.to(logprobs.dtype)
+    loss = -(logprobs * mask).sum() / _norm(mask, normalizer)
+    return loss, {"nll": loss.detach()}

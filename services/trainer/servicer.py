@@ -1,0 +1,65 @@
+"""TrainerService: decode -> backend -> encode."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alignmesh.protos.common.v1 import weights_pb2
+from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from alignmesh.services.common import metrics
+from alignmesh.services.common.errors import InvalidArgument
+from alignmesh.services.sync.convert import group_spec_from_proto, manifest_to_proto
+from alignmesh.services.trainer import convert
+from alignmesh.services.trainer.backend import TrainerBackend
+
+DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, backend: TrainerBackend, vocab_size: int):
+        self.backend = backend
+        self.vocab_size = vocab_size
+
+    async def TrainStep(self, request, context):
+        batch = convert.experience_from_proto(request, self.vocab_size)
+        loss = convert.loss_from_proto(request.loss)
+        lr = convert.learning_rate_from_proto(request)
+        step, stats = await asyncio.to_thread(self.backend.train_step, batch, loss, lr)
+        return trainer_pb2.TrainStepResponse(step=step, metrics=stats)
+
+    async def SaveCheckpoint(self, request, context):
+        if not request.path:
+            raise InvalidArgument("path", "must name the checkpoint directory")
+        info = await asyncio.to_thread(self.backend.save_checkpoint, request.path, request.export_hf)
+        return convert.checkpoint_to_proto(info)
+
+    async def LoadCheckpoint(self, request, context):
+        if not request.path:
+            raise InvalidArgument("path", "must name the checkpoint directory")
+        info = await asyncio.to_thread(self.backend.load_checkpoint, request.path)
+        return convert.checkpoint_to_proto(info)
+
+    async def GetState(self, request, context):
+        return convert.state_to_proto(self.backend.state())
+
+    async def JoinSyncGroup(self, request, context):
+        spec = group_spec_from_proto(request)
+        backend = await asyncio.to_thread(self.backend.join_sync_group, spec)
+        return weights_pb2.JoinSyncGroupResponse(group_id=spec.group_id, rank=spec.rank, backend=backend)
+
+    async def GetWeightManifest(self, request, context):
+        return manifest_to_proto(self.backend.manifest(), request.bucket_bytes or DEFAULT_BUCKET_BYTES)
+
+    async def PublishWeights(self, request, context):
+        if request.version <= 0:
+            raise InvalidArgument("version", f"must be > 0, got {request.version}")
+        stats = await asyncio.to_thread(self.backend.publish, request.group_id, request.version,
+                                        request.bucket_bytes or DEFAULT_BUCKET_BYTES)
+        metrics.WEIGHT_VERSION.labels("trainer").set(stats.version)
+        return trainer_pb2.PublishWeightsResponse(version=stats.version, bytes=stats.bytes, buckets=stats.buckets,
+                                                  seconds=stats.seconds)
+
+
+def add_to_server(servicer: TrainerServicer, server) -> list[str]:
+    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
+    return [trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name]

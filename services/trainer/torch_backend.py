@@ -1,0 +1,143 @@
+"""Single-process torch trainer (CPU or one GPU): AdamW, gradient clipping, named losses."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from alignmesh.services.models.loading import load_causal_lm
+from alignmesh.services.models.logprobs import token_logprobs
+from alignmesh.services.sync import buckets as bk
+from alignmesh.services.sync.group import GroupSpec, SyncGroup
+from alignmesh.services.sync.sender import PublishStats, named_weights, publish
+from alignmesh.services.trainer import checkpoint, losses
+from alignmesh.services.trainer.backend import (CheckpointInfo, Experience, LossSpec, TrainerStateInfo,
+                                                register)
+
+LOSS_NAMES = ("policy_gradient", "sft")
+
+
+@register("torch")
+class TorchTrainerBackend:
+    def __init__(self, model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
+                 grad_clip: float = 1.0, seed: int = 0, device: str = "cpu"):
+        torch.manual_seed(seed)
+        self.device = device
+        self.model_path = model_path
+        self.model = load_causal_lm(model_path, device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, betas=tuple(betas),
+                                           weight_decay=weight_decay)
+        self.grad_clip = grad_clip
+        self.step = 0
+        self.weight_version = 0
+        self.groups: dict[str, SyncGroup] = {}
+        self.lock = threading.Lock()
+
+    # -- training ---------------------------------------------------------------------------------------
+    def train_step(self, batch: Experience, loss: LossSpec, learning_rate: float | None) -> tuple[int, dict]:
+        if loss.name not in LOSS_NAMES:
+            raise InvalidArgument("loss.name", f"unknown loss {loss.name!r}; known: {list(LOSS_NAMES)}")
+        if loss.name == "policy_gradient" and batch.advantages is None:
+            raise InvalidArgument("advantages", "required by the policy_gradient loss")
+        with self.lock:
+            if learning_rate is not None:
+                for g in self.optimizer.param_groups:
+                    g["lr"] = learning_rate
+            batch = _to(batch, self.device)
+            old = self._old_logprobs(batch, loss) if loss.name == "policy_gradient" and loss.epochs > 1 else None
+            stats: dict[str, float] = {}
+            for _ in range(max(1, loss.epochs)):
+                stats = self._one_update(batch, loss, old)
+            self.step += 1
+            stats["lr"] = self.optimizer.param_groups[0]["lr"]
+            return self.step, stats
+
+    def _micro_batches(self, batch: Experience, size: int):
+        size = size or batch.input_ids.shape[0]
+        for i in range(0, batch.input_ids.shape[0], size):
+            yield i, slice(i, i + size)
+
+    def _old_logprobs(self, batch: Experience, loss: LossSpec) -> torch.Tensor:
+        with torch.no_grad():
+            parts = [token_logprobs(self.model, batch.input_ids[s], batch.attention_mask[s])
+                     for _, s in self._micro_batches(batch, loss.micro_batch_size)]
+        return torch.cat(parts)
+
+    def _one_update(self, batch: Experience, loss: LossSpec, old: torch.Tensor | None) -> dict[str, float]:
+        normalizer = batch.loss_mask.sum().clamp(min=1.0)
+        totals: dict[str, float] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        for _, s in self._micro_batches(batch, loss.micro_batch_size):
+            logp = token_logprobs(self.model, batch.input_ids[s], batch.attention_mask[s])
+            if loss.name == "sft":
+                value, stats = losses.sft_loss(logp, batch.loss_mask[s], normalizer)
+            else:
+                ref = batch.ref_logprobs[s] if batch.ref_logprobs is not None else None
+                old_s = old[s] if old is not None else logp.detach()
+                value, stats = losses.policy_gradient_loss(logp, old_s, batch.advantages[s], batch.loss_mask[s],
+                                                           loss.clip_eps, ref, loss.kl_coef, normalizer)
+            value.backward()
+            totals["loss"] = totals.get("loss", 0.0) + float(value)
+            for k, v in stats.items():  # stats are already divided by the full-batch normalizer
+                totals[k] = totals.get(k, 0.0) + float(v)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        totals["grad_norm"] = float(grad_norm)
+        totals["tokens"] = float(normalizer)
+        return totals
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def save_checkpoint(self, path: str, export_hf: bool) -> CheckpointInfo:
+        with self.lock:
+            checkpoint.save(path, self.model, self.optimizer, {"step": self.step, "weight_version":
+                            self.weight_version}, export_hf=export_hf, tokenizer_dir=self.model_path)
+        return CheckpointInfo(path, self.step, self.weight_version)
+
+    def load_checkpoint(self, path: str) -> CheckpointInfo:
+        with self.lock:
+            try:
+                state = checkpoint.load(path, self.model, self.optimizer)
+            except FileNotFoundError as exc:
+                raise NotFound(f"path: {exc}") from None
+            self.step, self.weight_version = int(state["step"]), int(state["weight_version"])
+        return CheckpointInfo(path, self.step, self.weight_version)
+
+    def state(self) -> TrainerStateInfo:
+        return TrainerStateInfo(self.step, self.weight_version, sum(p.numel() for p in self.model.parameters()),
+                                str(self.device), float(self.optimizer.param_groups[0]["lr"]))
+
+    # -- weight sync ------------------------------------------------------------------------------------
+    def manifest(self) -> list[bk.Spec]:
+        return bk.specs_of(named_weights(self.model))
+
+    def join_sync_group(self, spec: GroupSpec) -> str:
+        if spec.rank != 0:
+            raise InvalidArgument("rank", f"the trainer sends as rank 0, got {spec.rank}")
+        old = self.groups.pop(spec.group_id, None)
+        if old is not None:
+            old.close()
+        group = SyncGroup(spec, self.device)
+        self.groups[spec.group_id] = group
+        return group.backend
+
+    def publish(self, group_id: str, version: int, bucket_bytes: int) -> PublishStats:
+        group = self.groups.get(group_id)
+        if group is None:
+            raise FailedPrecondition(f"group_id: not a member of sync group {group_id!r}; join it first")
+        with self.lock:
+            try:
+                stats = publish(group, named_weights(self.model), version, bucket_bytes)
+            except Exception:
+                self.groups.pop(group_id, None)
+                group.close()
+                raise
+            self.weight_version = version
+        return stats
+
+
+def _to(batch: Experience, device: str) -> Experience:
+    move = (lambda t: None if t is None else t.to(device))
+    return Experience(move(batch.input_ids), move(batch.attention_mask), move(batch.loss_mask).float(),
+                      move(batch.advantages), move(batch.ref_logprobs))
