@@ -85,6 +85,8 @@ class TrainerConfig:
 class CoordinatorConfig:
     db: str = "alignmesh.db"
     runs_dir: str = "runs"
+    # Address the role services use to reach the weight-sync rendezvous store hosted by the coordinator.
+    store_host: str = "127.0.0.1"
     rpc_timeout_s: float = 120.0
     sync_timeout_s: float = 60.0
 
@@ -110,6 +112,8 @@ class ClusterConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    # Addresses of every replica by role ("host:port"); the local launcher fills them in.
+    endpoints: dict[str, list[str]] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         if self.threads_per_process is not None:

@@ -45,6 +45,9 @@ def create_model_dir(path: str | Path, seed: int = 0, **arch) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from alignmesh.services.models.loading import quiet_transformers
+
+    quiet_transformers()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))

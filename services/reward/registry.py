@@ -44,7 +44,7 @@ class RuleScorer:
 def load_callable(ref: str) -> Callable:
     """``package.module:function`` or ``path/to/file.py:function``."""
     if ":" not in ref:
-        raise ConfigError(f"reward function {ref!r}: write it as 'package.module:function' or 'file.py:function'")
+        raise ConfigError(f"{ref!r}: write it as 'package.module:function' or 'file.py:function'")
     module_ref, _, attr = ref.rpartition(":")
     try:
         if module_ref.endswith(".py"):
@@ -58,7 +58,7 @@ def load_callable(ref: str) -> Callable:
             module = importlib.import_module(module_ref)
         return getattr(module, attr)
     except (ImportError, FileNotFoundError, AttributeError) as exc:
-        raise ConfigError(f"reward function {ref!r} cannot be loaded: {exc}") from None
+        raise ConfigError(f"{ref!r} cannot be loaded: {exc}") from None
 
 
 class Registry:

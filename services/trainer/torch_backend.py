@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import torch
 
@@ -30,6 +31,7 @@ class TorchTrainerBackend:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, betas=tuple(betas),
                                            weight_decay=weight_decay)
         self.grad_clip = grad_clip
+        self.betas, self.weight_decay = tuple(betas), weight_decay
         self.step = 0
         self.weight_version = 0
         self.groups: dict[str, SyncGroup] = {}
@@ -96,12 +98,29 @@ class TorchTrainerBackend:
         return CheckpointInfo(path, self.step, self.weight_version)
 
     def load_checkpoint(self, path: str) -> CheckpointInfo:
+        """A checkpoint directory restores everything; a plain HF model directory loads its weights with a
+        fresh optimizer and step 0 (the weight version counter keeps counting up)."""
+        if not (Path(path) / "state.json").is_file() and (Path(path) / "config.json").is_file():
+            return self._load_hf(path)
         with self.lock:
             try:
                 state = checkpoint.load(path, self.model, self.optimizer)
             except FileNotFoundError as exc:
                 raise NotFound(f"path: {exc}") from None
             self.step, self.weight_version = int(state["step"]), int(state["weight_version"])
+        return CheckpointInfo(path, self.step, self.weight_version)
+
+    def _load_hf(self, path: str) -> CheckpointInfo:
+        source = load_causal_lm(path, self.device)
+        with self.lock, torch.no_grad():
+            try:
+                self.model.load_state_dict(source.state_dict())
+            except RuntimeError as exc:
+                raise FailedPrecondition(f"path: {path} does not match the trainer's architecture: {exc}") from None
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=self.betas,
+                                               weight_decay=self.weight_decay)
+            self.step = 0
         return CheckpointInfo(path, self.step, self.weight_version)
 
     def state(self) -> TrainerStateInfo:

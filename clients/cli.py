@@ -1,0 +1,170 @@
+"""The ``alignmesh`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from alignmesh.services.common.errors import AlignmeshError, ConfigError
+from alignmesh.services.common.settings import ROLES, load_cluster_config
+
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+
+
+def _serve(args) -> int:
+    from alignmesh.services.main import run
+
+    run(args.role, load_cluster_config(args.config), args.port, args.metrics_port, args.host)
+    return 0
+
+
+def _up(args) -> int:
+    from alignmesh.clients.cluster import LocalCluster
+
+    cluster = LocalCluster(load_cluster_config(args.config), detach=args.detach)
+    t0 = time.time()
+    cluster.start()
+    print(f"cluster healthy in {time.time() - t0:.1f}s\n{cluster.table()}\ncoordinator: "
+          f"{cluster.coordinator_address()}", flush=True)
+    if args.detach:
+        print("stop it with: alignmesh down")
+        return 0
+    try:
+        while all(p.poll() is None for p in cluster._procs):
+            time.sleep(0.5)
+        print("a service exited; stopping the cluster", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        cluster.stop()
+
+
+def _down(args) -> int:
+    from alignmesh.clients.cluster import down
+
+    n = down(load_cluster_config(args.config).state_dir)
+    print(f"stopped {n} processes" if n else "no local cluster is running")
+    return 0
+
+
+def _status(args) -> int:
+    from alignmesh.clients.cluster import health_ok, read_state
+
+    state = read_state(load_cluster_config(args.config).state_dir)
+    if state is None:
+        print("no local cluster is running")
+        return 1
+    bad = 0
+    for m in state["members"]:
+        ok = health_ok(f"{state['host']}:{m['port']}")
+        bad += not ok
+        print(f"{m['role']:<12} {m['replica']:<3} {state['host']}:{m['port']:<6} "
+              f"{'SERVING' if ok else 'NOT SERVING'}")
+    return 1 if bad else 0
+
+
+def _client(args):
+    from alignmesh.clients.client import Client
+
+    return Client(args.coordinator, token=args.token)
+
+
+def _submit(args) -> int:
+    with _client(args) as c:
+        job = c.submit(args.job_config, name=args.name)
+        print(job.id)
+        if args.watch:
+            from alignmesh.clients.progress import print_events
+
+            print_events(c.watch(job.id))
+            return 0 if c.get(job.id).state == "succeeded" else 1
+    return 0
+
+
+def _jobs(args) -> int:
+    with _client(args) as c:
+        for j in c.list():
+            print(f"{j.id}  {j.name:<12} {j.state:<10} step {j.step:<6} {j.error}")
+    return 0
+
+
+def _watch(args) -> int:
+    from alignmesh.clients.progress import print_events
+
+    with _client(args) as c:
+        print_events(c.watch(args.job_id))
+    return 0
+
+
+def _cancel(args) -> int:
+    with _client(args) as c:
+        print(c.cancel(args.job_id).state)
+    return 0
+
+
+def _demo(args) -> int:
+    from alignmesh.clients.demo import run_demo
+
+    return run_demo(args.config, args.job_config, args.out)
+
+
+def _init_model(args) -> int:
+    from alignmesh.services.models.tiny import create_model_dir
+
+    print(create_model_dir(args.path, seed=args.seed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alignmesh", description="LLM alignment training as a gRPC cluster of roles")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="serve one role")
+    s.add_argument("role", choices=ROLES)
+    s.add_argument("--config", help="cluster YAML")
+    s.add_argument("--port", type=int, default=0)
+    s.add_argument("--metrics-port", type=int, default=0)
+    s.add_argument("--host", default=None)
+    s.set_defaults(fn=_serve)
+    for name, fn, helptext in (("up", _up, "start a local cluster"), ("down", _down, "stop the local cluster"),
+                               ("status", _status, "health of the local cluster")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("config", nargs="?", help="cluster YAML (default: built-in defaults)")
+        if name == "up":
+            s.add_argument("--detach", action="store_true", help="return once healthy; stop with `alignmesh down`")
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("demo", help="GRPO on the embedded task through a local cluster, with a before/after table")
+    s.add_argument("--config", default=None, help="cluster YAML (default: 2 rollout replicas)")
+    s.add_argument("--job-config", default=None, help="job YAML (default: examples/grpo_addition.yaml)")
+    s.add_argument("--out", default="runs", help="where run directories go")
+    s.set_defaults(fn=_demo)
+    for name, fn in (("submit", _submit), ("jobs", _jobs), ("watch", _watch), ("cancel", _cancel)):
+        s = sub.add_parser(name)
+        s.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
+        s.add_argument("--token", default=None)
+        if name == "submit":
+            s.add_argument("job_config")
+            s.add_argument("--name", default="")
+            s.add_argument("--watch", action="store_true")
+        elif name in ("watch", "cancel"):
+            s.add_argument("job_id")
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("init-model", help="write the embedded default model to a directory")
+    s.add_argument("path")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_init_model)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, AlignmeshError, OSError, RuntimeError, TimeoutError) as exc:
+        print(f"alignmesh: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

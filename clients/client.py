@@ -1,0 +1,138 @@
+"""The Python client: ``alignmesh.Client(address, token=...)`` drives jobs on a coordinator."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import yaml
+
+from alignmesh.protos.coordinator.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+STATES = {coordinator_pb2.JOB_STATE_QUEUED: "queued", coordinator_pb2.JOB_STATE_RUNNING: "running",
+          coordinator_pb2.JOB_STATE_SUCCEEDED: "succeeded", coordinator_pb2.JOB_STATE_FAILED: "failed",
+          coordinator_pb2.JOB_STATE_CANCELLED: "cancelled", coordinator_pb2.JOB_STATE_UNSPECIFIED: ""}
+FINAL = ("succeeded", "failed", "cancelled")
+SAFE_RETRY = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    state: str
+    step: int
+    metrics: dict[str, float]
+    error: str
+    run_dir: str
+    config_yaml: str = ""
+    created_at: float = 0.0
+    finished_at: float = 0.0
+
+
+@dataclass
+class Event:
+    job_id: str
+    seq: int
+    time: float
+    kind: str  # "state", "step", "eval", "log"
+    state: str = ""
+    stage: str = ""
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+def _job(msg: coordinator_pb2.Job) -> Job:
+    return Job(msg.id, msg.name, STATES[msg.state], msg.step, dict(msg.metrics), msg.error, msg.run_dir,
+               msg.config_yaml, msg.created_at, msg.finished_at)
+
+
+def _event(msg: coordinator_pb2.JobEvent) -> Event:
+    return Event(msg.job_id, msg.seq, msg.time, msg.kind, STATES[msg.state], msg.stage, msg.step,
+                 dict(msg.metrics), msg.message)
+
+
+class Client:
+    """Every call has a deadline (``timeout_s``); only idempotent reads are retried, on UNAVAILABLE."""
+
+    def __init__(self, address: str, token: str | None = None, timeout_s: float = 30.0, retries: int = 3,
+                 root_certificates: bytes | None = None):
+        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self._channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options=opts)
+                         if root_certificates else grpc.insecure_channel(address, options=opts))
+        self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
+        self._meta = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout_s, self.retries = timeout_s, retries
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _read(self, method: str, request):
+        for attempt in range(self.retries + 1):
+            try:
+                return getattr(self._stub, method)(request, timeout=self.timeout_s, metadata=self._meta)
+            except grpc.RpcError as exc:
+                if exc.code() not in SAFE_RETRY or attempt == self.retries:
+                    raise
+                time.sleep(0.2 * 2 ** attempt)
+
+    def submit(self, config: str | dict | Path, name: str = "") -> Job:
+        """Submit a job config (YAML text, a dict, or a path to a YAML file). Not retried: not idempotent."""
+        if isinstance(config, Path) or (isinstance(config, str) and config.endswith((".yaml", ".yml"))
+                                        and Path(config).is_file()):
+            text = Path(config).read_text()
+        elif isinstance(config, dict):
+            text = yaml.safe_dump(config)
+        else:
+            text = config
+        req = coordinator_pb2.SubmitJobRequest(config_yaml=text, name=name)
+        return _job(self._stub.SubmitJob(req, timeout=self.timeout_s, metadata=self._meta))
+
+    def get(self, job_id: str) -> Job:
+        return _job(self._read("GetJob", coordinator_pb2.GetJobRequest(job_id=job_id)))
+
+    def list(self) -> list[Job]:
+        return [_job(j) for j in self._read("ListJobs", coordinator_pb2.ListJobsRequest()).jobs]
+
+    def cancel(self, job_id: str) -> Job:
+        return _job(self._stub.CancelJob(coordinator_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout_s,
+                                         metadata=self._meta))
+
+    def watch(self, job_id: str, after_seq: int = 0, timeout_s: float = 7 * 24 * 3600) -> Iterator[Event]:
+        """Yield events until the job ends; reconnects from the last seen event when the stream drops."""
+        last, deadline = after_seq, time.monotonic() + timeout_s
+        while True:
+            try:
+                stream = self._stub.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job_id, after_seq=last),
+                                             timeout=max(1.0, deadline - time.monotonic()), metadata=self._meta)
+                for msg in stream:
+                    last = msg.seq
+                    yield _event(msg)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in SAFE_RETRY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def wait(self, job_id: str, timeout_s: float = 7 * 24 * 3600) -> Job:
+        """Block until the job ends; returns it (final metrics in ``job.metrics``); raises JobFailed on failure."""
+        for _ in self.watch(job_id, timeout_s=timeout_s):
+            pass
+        job = self.get(job_id)
+        if job.state == "failed":
+            raise JobFailed(f"job {job_id} failed: {job.error}")
+        return job

@@ -1,0 +1,230 @@
+"""The local cluster: every role (and replica) as its own OS process on loopback, health-checked."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from alignmesh.services.common.config import dump_yaml
+from alignmesh.services.common.errors import ConfigError
+from alignmesh.services.common.settings import ClusterConfig
+from alignmesh.services.main import COMPUTE_ROLES, default_threads
+
+START_ORDER = ("trainer", "rollout", "reference", "reward", "coordinator")
+
+
+@dataclass
+class Member:
+    role: str
+    replica: int
+    port: int
+    metrics_port: int
+    pid: int = 0
+    log: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.replica}"
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def plan(cfg: ClusterConfig) -> list[Member]:
+    members, next_port = [], cfg.base_port
+    for role in START_ORDER:
+        for replica in range(cfg.replicas(role)):
+            if cfg.base_port:
+                port, mport, next_port = next_port, next_port + 1, next_port + 2
+                for p, what in ((port, "gRPC"), (mport, "metrics")):
+                    if not port_free(p, cfg.host):
+                        raise ConfigError(f"base_port: port {p} ({role} replica {replica} {what}) is already in use; "
+                                          f"pick another base_port or 0 for free ports")
+            else:
+                port, mport = free_port(cfg.host), free_port(cfg.host)
+            members.append(Member(role, replica, port, mport))
+    return members
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if the launcher dies, so no service outlives it."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def health_ok(address: str, timeout: float = 1.0) -> bool:
+    with grpc.insecure_channel(address) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            return resp.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+
+class LocalCluster:
+    def __init__(self, cfg: ClusterConfig, detach: bool = False):
+        self.cfg, self.detach = cfg, detach
+        self.state_dir = Path(cfg.state_dir).expanduser().resolve()
+        self.members: list[Member] = []
+        self._procs: list[subprocess.Popen] = []
+
+    def address(self, m: Member) -> str:
+        return f"{self.cfg.host}:{m.port}"
+
+    def coordinator_address(self) -> str:
+        return next(self.address(m) for m in self.members if m.role == "coordinator")
+
+    def _resolve(self) -> Path:
+        self.cfg.model = str(self.cfg.model_path())  # creates the embedded default once, before any process
+        self.members = plan(self.cfg)
+        self.cfg.endpoints = {r: [self.address(m) for m in self.members if m.role == r] for r in START_ORDER}
+        self.cfg.coordinator.store_host = self.cfg.host
+        self.cfg.coordinator.db = str((self.state_dir / Path(self.cfg.coordinator.db)).resolve()) \
+            if not Path(self.cfg.coordinator.db).is_absolute() else self.cfg.coordinator.db
+        self.cfg.coordinator.runs_dir = str(Path(self.cfg.coordinator.runs_dir).expanduser().resolve())
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        resolved = self.state_dir / "cluster.resolved.yaml"
+        resolved.write_text(dump_yaml(self.cfg))
+        return resolved
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        resolved = self._resolve()
+        threads = default_threads(self.cfg)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "PYTHONUNBUFFERED": "1"}
+        for m in self.members:
+            m.log = str(self.state_dir / "logs" / f"{m.name}.log")
+            cmd = [sys.executable, "-m", "alignmesh.clients.cli", "serve", m.role, "--config", str(resolved),
+                   "--port", str(m.port), "--metrics-port", str(m.metrics_port)]
+            with open(m.log, "w") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        preexec_fn=None if self.detach else _die_with_parent)
+            m.pid = proc.pid
+            self._procs.append(proc)
+        self._write_state()
+        try:
+            self._wait_healthy(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(zip(self.members, self._procs))
+        while pending:
+            for m, proc in list(pending):
+                if proc.poll() is not None:
+                    tail = Path(m.log).read_text().strip().splitlines()[-1:] or ["(no output)"]
+                    raise RuntimeError(f"{m.name} exited with code {proc.returncode}: {tail[0]} (log: {m.log})")
+                if health_ok(self.address(m)):
+                    pending.remove((m, proc))
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"not healthy after {timeout_s:.0f}s: {[m.name for m, _ in pending]}")
+            time.sleep(0.2)
+
+    def _write_state(self) -> None:
+        state = {"launcher_pid": os.getpid(), "host": self.cfg.host,
+                 "members": [m.__dict__ for m in self.members]}
+        (self.state_dir / "cluster.json").write_text(json.dumps(state, indent=2))
+
+    def table(self) -> str:
+        rows = [("role", "replica", "address", "metrics", "pid")]
+        rows += [(m.role, str(m.replica), self.address(m), f"http://{self.cfg.host}:{m.metrics_port}/metrics",
+                  str(m.pid)) for m in self.members]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM every process (coordinator first), wait, SIGKILL stragglers. Leaves no process behind."""
+        procs = list(reversed(self._procs))
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        state = self.state_dir / "cluster.json"
+        if state.exists():
+            state.unlink()
+
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def read_state(state_dir: str) -> dict | None:
+    path = Path(state_dir).expanduser().resolve() / "cluster.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def down(state_dir: str, grace_s: float = 15.0) -> int:
+    """Stop a cluster started by ``alignmesh up`` (by its state file). Returns how many processes were stopped."""
+    state = read_state(state_dir)
+    if state is None:
+        return 0
+    pids = [m["pid"] for m in state["members"]]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
+    (Path(state_dir).expanduser().resolve() / "cluster.json").unlink(missing_ok=True)
+    return len(pids)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+__all__ = ["LocalCluster", "Member", "plan", "down", "read_state", "health_ok", "COMPUTE_ROLES"]

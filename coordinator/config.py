@@ -1,0 +1,118 @@
+"""Job configs: typed, validated at submit, dumped resolved into the run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignmesh.services.common.config import from_dict, parse_yaml
+from alignmesh.services.common.errors import ConfigError
+
+
+def _check(cond: bool, key: str, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {why}")
+
+
+@dataclass
+class DatasetConfig:
+    # "addition" (embedded), "jsonl" (train/test files of {"prompt", "answer"}) or "datasets" (save_to_disk dir).
+    kind: str = "addition"
+    train: str | None = None
+    test: str | None = None
+    path: str | None = None
+    seed: int = 0
+    test_size: int = 500
+    dev_size: int = 200
+
+    def validate(self, where: str) -> None:
+        _check(self.kind in ("addition", "jsonl", "datasets"), f"{where}.kind",
+               f"must be addition, jsonl or datasets, got {self.kind!r}")
+        if self.kind == "jsonl":
+            _check(bool(self.train), f"{where}.train", "a JSONL file is required for kind jsonl")
+            for key in ("train", "test"):
+                value = getattr(self, key)
+                if value:
+                    _check(Path(value).expanduser().is_file(), f"{where}.{key}", f"file {value} not found")
+        if self.kind == "datasets":
+            _check(bool(self.path) and Path(self.path).expanduser().exists(), f"{where}.path",
+                   f"a datasets directory is required for kind datasets (got {self.path!r})")
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 4
+
+    def validate(self, where: str) -> None:
+        _check(self.temperature > 0, f"{where}.temperature", "must be > 0 for sampling")
+        _check(0 < self.top_p <= 1, f"{where}.top_p", "must be in (0, 1]")
+        _check(self.max_new_tokens >= 1, f"{where}.max_new_tokens", "must be >= 1")
+
+
+@dataclass
+class WarmStartConfig:
+    """Supervised warm start on (prompt, answer) pairs before the main algorithm."""
+
+    max_steps: int = 600
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    target_dev_accuracy: float = 0.3
+    eval_every: int = 10
+
+    def validate(self, where: str) -> None:
+        _check(self.max_steps >= 1, f"{where}.max_steps", "must be >= 1")
+        _check(self.batch_size >= 1, f"{where}.batch_size", "must be >= 1")
+        _check(self.learning_rate > 0, f"{where}.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _check(self.eval_every >= 1, f"{where}.eval_every", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 25
+    size: int = 500
+
+    def validate(self, where: str) -> None:
+        _check(self.every >= 1, f"{where}.every", "must be >= 1")
+        _check(self.size >= 1, f"{where}.size", "must be >= 1")
+
+
+@dataclass
+class SyncConfig:
+    bucket_mb: float = 64.0
+    timeout_s: float = 60.0
+    backend: str = "auto"
+
+    def validate(self, where: str) -> None:
+        _check(self.bucket_mb > 0, f"{where}.bucket_mb", "must be > 0")
+        _check(self.timeout_s > 0, f"{where}.timeout_s", "must be > 0")
+        _check(self.backend in ("auto", "gloo", "nccl"), f"{where}.backend", "must be auto, gloo or nccl")
+
+    @property
+    def bucket_bytes(self) -> int:
+        return int(self.bucket_mb * 1024 * 1024)
+
+
+@dataclass
+class JobConfig:
+    # A registered flow name ("grpo", "sft") or "package.module:Flow" / "path/to/file.py:Flow".
+    algorithm: str = "grpo"
+    seed: int = 0
+    steps: int = 100
+    # Algorithm-specific knobs, validated by the flow's own config class.
+    params: dict[str, Any] = field(default_factory=dict)
+    warm_start: WarmStartConfig | None = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    reward_fn: str = ""
+
+    def validate(self, where: str) -> None:
+        _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+
+
+def parse_job_config(text: str) -> JobConfig:
+    return from_dict(JobConfig, parse_yaml(text, "job config"), "")

@@ -1,0 +1,98 @@
+"""Prompt datasets: the embedded addition task, JSONL files and ``datasets`` directories; a resumable sampler."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from alignmesh.services.common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    test: list[Example]
+    dev: list[Example]
+
+
+def addition_splits(seed: int = 0, max_operand: int = 99, test_size: int = 500, dev_size: int = 200) -> Splits:
+    """All ``a+b=`` pairs with a, b in [0, max_operand], shuffled by ``seed`` and split test / dev / train."""
+    pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+    random.Random(seed).shuffle(pairs)
+    examples = [Example(f"{a}+{b}=", str(a + b)) for a, b in pairs]
+    if test_size + dev_size >= len(examples):
+        raise ConfigError(f"dataset: test_size + dev_size must be < {len(examples)} examples")
+    return Splits(train=examples[test_size + dev_size:], test=examples[:test_size],
+                  dev=examples[test_size:test_size + dev_size])
+
+
+def load_jsonl(path: str | Path, field: str = "dataset.train") -> list[Example]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{field}: file {p} not found")
+    out = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out.append(Example(str(row["prompt"]), str(row["answer"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{field}: {p} line {n}: need a JSON object with 'prompt' and 'answer' "
+                              f"({exc})") from None
+    if not out:
+        raise ConfigError(f"{field}: {p} holds no examples")
+    return out
+
+
+def load_hf_disk(path: str | Path, split: str, field: str = "dataset.path") -> list[Example]:
+    """A directory written by ``datasets``' ``save_to_disk`` (a DatasetDict or a Dataset)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"{field}: reading a datasets directory needs `pip install alignmesh[datasets]`") from None
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"{field}: directory {p} not found")
+    ds = datasets.load_from_disk(str(p))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise ConfigError(f"{field}: {p} has splits {list(ds)}, not {split!r}")
+        ds = ds[split]
+    for col in ("prompt", "answer"):
+        if col not in ds.column_names:
+            raise ConfigError(f"{field}: {p} lacks column {col!r} (has {ds.column_names})")
+    return [Example(str(r["prompt"]), str(r["answer"])) for r in ds]
+
+
+class PromptSampler:
+    """Epoch-shuffled, seeded draws without replacement; ``cursor`` makes the order resumable exactly."""
+
+    def __init__(self, examples: list[Example], seed: int, cursor: int = 0):
+        if not examples:
+            raise ConfigError("dataset: the training split is empty")
+        self.examples, self.seed, self.cursor = examples, seed, cursor
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def take(self, n: int) -> list[Example]:
+        out = []
+        size = len(self.examples)
+        while len(out) < n:
+            epoch, pos = divmod(self.cursor, size)
+            order = self._order(epoch)
+            chunk = order[pos:pos + (n - len(out))]
+            out.extend(self.examples[i] for i in chunk)
+            self.cursor += len(chunk)
+        return out

@@ -1,0 +1,31 @@
+"""Turning prompts and completions into training tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SequenceBatch:
+    input_ids: torch.Tensor  # int64 [B, T], right padded
+    attention_mask: torch.Tensor  # int64 [B, T]
+    loss_mask: torch.Tensor  # float32 [B, T]: 1 on completion tokens
+
+    def select(self, index: torch.Tensor) -> "SequenceBatch":
+        return SequenceBatch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index])
+
+
+def build(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> SequenceBatch:
+    """Concatenate prompt + completion per row; the loss mask covers the completion (eos included)."""
+    rows = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(rows), width), dtype=torch.int64)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.int64)
+        mask[i, :len(p) + len(c)] = 1
+        loss_mask[i, len(p):len(p) + len(c)] = 1.0
+    return SequenceBatch(ids, mask, loss_mask)

@@ -1,0 +1,160 @@
+"""Handles to the role services, as flows use them: every call has a deadline; replicas are load-balanced and a
+replica that is UNAVAILABLE (or times out) has its share retried on the others, with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+
+from alignmesh.coordinator import convert
+from alignmesh.protos.common.v1 import weights_pb2
+from alignmesh.protos.reference.v1 import reference_pb2_grpc
+from alignmesh.protos.reward.v1 import reward_pb2_grpc
+from alignmesh.protos.rollout.v1 import rollout_pb2_grpc
+from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from alignmesh.services.common.server import GRPC_OPTIONS
+from alignmesh.services.common.settings import SecurityConfig
+
+log = logging.getLogger("alignmesh.handles")
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass
+class Endpoint:
+    role: str
+    replica: int
+    address: str
+    channel: grpc.aio.Channel
+    stub: object
+    metadata: tuple = ()
+    healthy: bool = True
+
+
+def open_channel(address: str, security: SecurityConfig) -> grpc.aio.Channel:
+    if security.tls is not None:
+        ca = Path(security.tls.ca).read_bytes() if security.tls.ca else None
+        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca), options=GRPC_OPTIONS)
+    return grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+
+
+def endpoints(role: str, addresses: list[str], security: SecurityConfig, stub_cls) -> list[Endpoint]:
+    meta = (("authorization", f"Bearer {security.token}"),) if security.token else ()
+    out = []
+    for i, addr in enumerate(addresses):
+        channel = open_channel(addr, security)
+        out.append(Endpoint(role, i, addr, channel, stub_cls(channel), meta))
+    return out
+
+
+class Pool:
+    """Replicas of one role. ``call`` runs one RPC on one replica with failover."""
+
+    def __init__(self, eps: list[Endpoint], timeout_s: float, retries: int = 3, backoff_s: float = 0.2):
+        if not eps:
+            raise ValueError("a pool needs at least one replica")
+        self.eps, self.timeout_s, self.retries, self.backoff_s = eps, timeout_s, retries, backoff_s
+
+    def healthy(self) -> list[Endpoint]:
+        up = [e for e in self.eps if e.healthy]
+        return up or self.eps
+
+    async def call(self, method: str, request, first: int = 0, timeout_s: float | None = None):
+        last: grpc.aio.AioRpcError | None = None
+        for attempt in range(self.retries + 1):
+            eps = self.healthy()
+            ep = eps[(first + attempt) % len(eps)]
+            try:
+                return await getattr(ep.stub, method)(request, timeout=timeout_s or self.timeout_s,
+                                                      metadata=ep.metadata)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+                last = exc
+                ep.healthy = False
+                log.warning("%s replica %d (%s) failed %s: %s; retrying elsewhere", ep.role, ep.replica,
+                            ep.address, method, exc.code().name)
+                await asyncio.sleep(self.backoff_s * (2 ** attempt))
+        assert last is not None
+        raise last
+
+    async def close(self) -> None:
+        await asyncio.gather(*(e.channel.close() for e in self.eps))
+
+
+def _split(n: int, parts: int) -> list[tuple[int, int]]:
+    parts = max(1, min(parts, n))
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+class RolloutPool(Pool):
+    def __init__(self, eps, timeout_s, pad_id: int):
+        super().__init__(eps, timeout_s)
+        self.pad_id = pad_id
+
+    async def generate(self, prompts: list[list[int]], n: int, seed: int, temperature: float = 1.0,
+                       top_p: float = 1.0, max_new_tokens: int = 16, greedy: bool = False) -> convert.Rollouts:
+        """Prompts are split evenly over the healthy replicas and generated in parallel."""
+        chunks = _split(len(prompts), len(self.healthy()))
+
+        async def one(k: int, lo: int, hi: int) -> convert.Rollouts:
+            req = convert.generate_request(prompts[lo:hi], self.pad_id, n, seed * 7919 + k, temperature, top_p,
+                                           max_new_tokens, greedy)
+            return convert.rollouts_from_proto(await self.call("Generate", req, first=k))
+
+        parts = await asyncio.gather(*(one(k, lo, hi) for k, (lo, hi) in enumerate(chunks)))
+        return convert.concat_rollouts(list(parts), self.pad_id)
+
+
+class RewardPool(Pool):
+    async def score(self, items: list[tuple[str, str, dict[str, str]]], reward_fn: str = "") -> torch.Tensor:
+        chunks = _split(len(items), len(self.healthy()))
+        parts = await asyncio.gather(*(self.call("Score", convert.score_request(items[lo:hi], reward_fn), first=k)
+                                       for k, (lo, hi) in enumerate(chunks)))
+        return torch.cat([convert.scores_from_proto(p) for p in parts])
+
+
+class ReferencePool(Pool):
+    async def logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        chunks = _split(ids.shape[0], len(self.healthy()))
+        parts = await asyncio.gather(*(self.call("ComputeLogProbs", convert.logprobs_request(ids[lo:hi], mask[lo:hi]),
+                                                 first=k) for k, (lo, hi) in enumerate(chunks)))
+        return torch.cat([convert.logprobs_from_proto(p) for p in parts])
+
+
+class TrainerHandle(Pool):
+    async def train_step(self, ids, mask, loss_mask, advantages=None, ref_logprobs=None, loss: dict | None = None,
+                         learning_rate: float | None = None) -> tuple[int, dict[str, float]]:
+        req = convert.train_request(ids, mask, loss_mask, advantages, ref_logprobs, loss or {}, learning_rate)
+        resp = await self.call("TrainStep", req)
+        return resp.step, dict(resp.metrics)
+
+    async def state(self) -> trainer_pb2.TrainerState:
+        return await self.call("GetState", trainer_pb2.GetStateRequest())
+
+    async def save_checkpoint(self, path: str, export_hf: bool = False) -> trainer_pb2.CheckpointInfo:
+        return await self.call("SaveCheckpoint", trainer_pb2.SaveCheckpointRequest(path=path, export_hf=export_hf))
+
+    async def manifest(self, bucket_bytes: int) -> weights_pb2.WeightManifest:
+        return await self.call("GetWeightManifest", trainer_pb2.GetWeightManifestRequest(bucket_bytes=bucket_bytes))
+
+
+def make_pools(addresses: dict[str, list[str]], security: SecurityConfig, timeout_s: float, pad_id: int):
+    return (RolloutPool(endpoints("rollout", addresses["rollout"], security, rollout_pb2_grpc.RolloutServiceStub),
+                        timeout_s, pad_id),
+            RewardPool(endpoints("reward", addresses["reward"], security, reward_pb2_grpc.RewardServiceStub),
+                       timeout_s),
+            ReferencePool(endpoints("reference", addresses["reference"], security,
+                                    reference_pb2_grpc.ReferenceServiceStub), timeout_s),
+            TrainerHandle(endpoints("trainer", addresses["trainer"], security, trainer_pb2_grpc.TrainerServiceStub),
+                          timeout_s))

@@ -1,0 +1,130 @@
+"""Jobs: validated at submit, queued, run one at a time against the role services, persisted in SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+
+from alignmesh.coordinator import metrics as cmetrics
+from alignmesh.coordinator.config import JobConfig, parse_job_config
+from alignmesh.coordinator.flows.registry import resolve
+from alignmesh.coordinator.runner import run_job
+from alignmesh.coordinator.store import FINAL, Event, JobRecord, JobStore
+from alignmesh.services.common.config import dump_yaml, from_dict
+from alignmesh.services.common.errors import FailedPrecondition, NotFound
+from alignmesh.services.common.settings import ClusterConfig
+
+log = logging.getLogger("alignmesh.jobs")
+
+
+def validate(text: str) -> JobConfig:
+    """Parse and check a job config completely (flow params included) before anything is written."""
+    cfg = parse_job_config(text)
+    flow = resolve(cfg.algorithm)
+    from_dict(flow.Params, cfg.params, "params")
+    return cfg
+
+
+class JobManager:
+    def __init__(self, cluster: ClusterConfig, store: JobStore):
+        self.cluster, self.store = cluster, store
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._watchers: dict[str, list[asyncio.Queue]] = {}
+        self._cancel: dict[str, asyncio.Event] = {}
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        for rec in self.store.list():  # jobs left queued or running by a previous coordinator process
+            if rec.state in ("queued", "running"):
+                self._cancel[rec.id] = asyncio.Event()
+                self._queue.put_nowait(rec.id)
+        self._worker = asyncio.create_task(self._work())
+
+    async def stop(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+
+    def submit(self, text: str, name: str) -> JobRecord:
+        cfg = validate(text)
+        job_id = uuid.uuid4().hex[:12]
+        run_dir = str(Path(self.cluster.coordinator.runs_dir).expanduser().resolve() / job_id)
+        rec = JobRecord(job_id, name or cfg.algorithm, "queued", dump_yaml(cfg), time.time(), run_dir=run_dir)
+        self.store.create(rec)
+        self._cancel[job_id] = asyncio.Event()
+        self.emit(job_id, "state", {"state": "queued"})
+        self._queue.put_nowait(job_id)
+        return rec
+
+    def get(self, job_id: str) -> JobRecord:
+        rec = self.store.get(job_id)
+        if rec is None:
+            raise NotFound(f"job_id: no job {job_id!r}")
+        return rec
+
+    def cancel(self, job_id: str) -> JobRecord:
+        rec = self.get(job_id)
+        if rec.state in FINAL:
+            raise FailedPrecondition(f"job_id: job {job_id} already ended ({rec.state})")
+        self._cancel[job_id].set()
+        if rec.state == "queued":
+            self._finish(job_id, "cancelled", "")
+        return self.get(job_id)
+
+    def emit(self, job_id: str, kind: str, payload: dict) -> Event:
+        event = self.store.append_event(job_id, kind, payload)
+        if kind == "step":
+            cmetrics.observe_step(payload.get("stage", ""), payload["metrics"])
+            self.store.update(job_id, step=payload["step"], metrics=payload["metrics"])
+        if kind == "eval" and "accuracy" in payload.get("metrics", {}):
+            cmetrics.ACCURACY.set(payload["metrics"]["accuracy"])
+        for q in self._watchers.get(job_id, []):
+            q.put_nowait(event)
+        return event
+
+    async def watch(self, job_id: str, after_seq: int):
+        self.get(job_id)
+        q: asyncio.Queue = asyncio.Queue()
+        self._watchers.setdefault(job_id, []).append(q)
+        try:
+            last = after_seq
+            for ev in self.store.events(job_id, after_seq):
+                last = ev.seq
+                yield ev
+            while self.get(job_id).state not in FINAL or not q.empty():
+                try:
+                    ev = await asyncio.wait_for(q.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    continue
+                if ev.seq > last:
+                    last = ev.seq
+                    yield ev
+        finally:
+            self._watchers[job_id].remove(q)
+
+    def _finish(self, job_id: str, state: str, error: str) -> None:
+        self.store.update(job_id, state=state, error=error, finished_at=time.time())
+        self.emit(job_id, "state", {"state": state, "message": error})
+
+    async def _work(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            rec = self.get(job_id)
+            if rec.state in FINAL:
+                continue
+            self.store.update(job_id, state="running", started_at=time.time())
+            self.emit(job_id, "state", {"state": "running"})
+            try:
+                await run_job(self, rec, self._cancel[job_id])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the job fails, the coordinator keeps serving
+                if self._cancel[job_id].is_set():
+                    self._finish(job_id, "cancelled", "")
+                else:
+                    log.exception("job %s failed", job_id)
+                    self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
+            else:
+                self._finish(job_id, "cancelled" if self._cancel[job_id].is_set() else "succeeded", "")

@@ -1,0 +1,33 @@
+"""Coordinator metrics: step phases, learning signals, weight-sync cost and sample staleness."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PHASE_SECONDS = Histogram("alignmesh_step_phase_seconds", "Time per training-step phase", ["phase"],
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+STEPS = Counter("alignmesh_steps_total", "Training steps completed", ["stage"])
+REWARD_MEAN = Gauge("alignmesh_reward_mean", "Mean reward of the last step's samples")
+ACCURACY = Gauge("alignmesh_accuracy", "Last held-out greedy accuracy")
+KL = Gauge("alignmesh_kl", "Last step's mean KL to the reference (k3)")
+SYNC_BYTES = Counter("alignmesh_weight_sync_bytes_total", "Bytes of weights pushed over the side channel")
+SYNC_SECONDS = Histogram("alignmesh_weight_sync_seconds", "Wall time of one weight push to all receivers",
+                         buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30))
+VERSION_LAG = Gauge("alignmesh_sample_version_lag", "Mean weight-version lag of the last step's samples")
+JOBS = Gauge("alignmesh_jobs", "Jobs by state", ["state"])
+
+
+def observe_step(stage: str, metrics: dict[str, float]) -> None:
+    STEPS.labels(stage).inc()
+    for key, value in metrics.items():
+        if key.startswith("time_"):
+            PHASE_SECONDS.labels(key[5:]).observe(value)
+    if "reward_mean" in metrics:
+        REWARD_MEAN.set(metrics["reward_mean"])
+    if "kl" in metrics:
+        KL.set(metrics["kl"])
+    if "version_lag" in metrics:
+        VERSION_LAG.set(metrics["version_lag"])
+    if "sync_bytes" in metrics:
+        SYNC_BYTES.inc(metrics["sync_bytes"])
+        SYNC_SECONDS.observe(metrics.get("sync_ms", 0.0) / 1000)

@@ -1,0 +1,56 @@
+"""CoordinatorService: decode -> job manager -> encode."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alignmesh.coordinator import convert
+from alignmesh.coordinator.jobs import JobManager
+from alignmesh.coordinator.store import JobStore
+from alignmesh.protos.coordinator.v1 import coordinator_pb2, coordinator_pb2_grpc
+from alignmesh.services.common.errors import ConfigError, InvalidArgument
+from alignmesh.services.common.settings import ClusterConfig
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    def __init__(self, manager: JobManager):
+        self.manager = manager
+
+    async def SubmitJob(self, request, context):
+        if not request.config_yaml.strip():
+            raise InvalidArgument("config_yaml", "is empty; send the job config as YAML")
+        try:
+            rec = self.manager.submit(request.config_yaml, request.name)
+        except ConfigError as exc:
+            raise InvalidArgument("config_yaml", str(exc)) from None
+        return convert.job_to_proto(rec)
+
+    async def GetJob(self, request, context):
+        return convert.job_to_proto(self.manager.get(request.job_id))
+
+    async def ListJobs(self, request, context):
+        return coordinator_pb2.ListJobsResponse(jobs=[convert.job_to_proto(r) for r in self.manager.store.list()])
+
+    async def WatchJob(self, request, context):
+        async for ev in self.manager.watch(request.job_id, request.after_seq):
+            yield convert.event_to_proto(ev)
+
+    async def CancelJob(self, request, context):
+        return convert.job_to_proto(self.manager.cancel(request.job_id))
+
+
+def build_coordinator(cluster: ClusterConfig):
+    missing = [r for r in ("trainer", "rollout", "reward", "reference") if not cluster.endpoints.get(r)]
+    if missing:
+        raise ConfigError(f"endpoints: the coordinator needs the addresses of {missing} (endpoints.<role>: "
+                          f"[host:port, ...])")
+    store = JobStore(cluster.coordinator.db)
+    manager = JobManager(cluster, store)
+    servicer = CoordinatorServicer(manager)
+
+    def register(server) -> list[str]:
+        coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server)
+        asyncio.get_event_loop().call_soon(manager.start)
+        return [coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name]
+
+    return register

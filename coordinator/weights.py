@@ -1,0 +1,100 @@
+"""Weight sync orchestration: form the side-channel group by rendezvous over gRPC, then per version
+prepare (receivers stage + verify) / publish (trainer broadcasts) / commit, or abort everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import grpc
+import torch.distributed as dist
+
+from alignmesh.coordinator import convert
+from alignmesh.coordinator.handles import Endpoint, TrainerHandle
+from alignmesh.protos.common.v1 import weights_pb2
+from alignmesh.protos.trainer.v1 import trainer_pb2
+from alignmesh.services.common.errors import Aborted
+from alignmesh.services.sync.group import GroupSpec
+
+log = logging.getLogger("alignmesh.weights")
+
+
+@dataclass
+class SyncResult:
+    version: int
+    bytes: int
+    buckets: int
+    seconds: float
+    receivers: int
+
+
+class WeightSync:
+    """One sync group per named target set (e.g. "rollout", "reference"), each trainer rank 0 + receivers."""
+
+    def __init__(self, trainer: TrainerHandle, store_host: str, bucket_bytes: int, timeout_s: float,
+                 backend: str = "auto"):
+        self.trainer, self.store_host = trainer, store_host
+        self.bucket_bytes, self.timeout_s, self.backend = bucket_bytes, timeout_s, backend
+        self._store = dist.TCPStore(store_host, 0, None, True, dt.timedelta(seconds=timeout_s),
+                                    wait_for_workers=False)
+        self._groups: dict[str, str] = {}
+        self._manifest: weights_pb2.WeightManifest | None = None
+
+    async def _rpc(self, ep: Endpoint, method: str, request, timeout: float):
+        return await getattr(ep.stub, method)(request, timeout=timeout, metadata=ep.metadata)
+
+    async def form(self, name: str, receivers: list[Endpoint]) -> str:
+        group_id = f"{name}-{uuid.uuid4().hex[:8]}"
+        world = len(receivers) + 1
+        deadline = self.timeout_s + 10
+
+        def spec(rank: int) -> GroupSpec:
+            return GroupSpec(group_id, self.store_host, self._store.port, world, rank, self.backend, self.timeout_s)
+
+        trainer_ep = self.trainer.eps[0]
+        calls = [self._rpc(trainer_ep, "JoinSyncGroup", convert.join_request(spec(0)), deadline)]
+        calls += [self._rpc(ep, "JoinSyncGroup", convert.join_request(spec(i + 1)), deadline)
+                  for i, ep in enumerate(receivers)]
+        await _all_or_raise(calls, f"forming sync group {group_id}")
+        self._groups[name] = group_id
+        log.info("sync group %s formed: trainer + %d receivers", group_id, len(receivers))
+        return group_id
+
+    async def push(self, name: str, receivers: list[Endpoint], version: int) -> SyncResult:
+        """Send the trainer's current weights to ``receivers`` as ``version``; all commit or none does."""
+        if name not in self._groups:
+            await self.form(name, receivers)
+        group_id = self._groups[name]
+        if self._manifest is None:
+            self._manifest = await self.trainer.manifest(self.bucket_bytes)
+        start = time.perf_counter()
+        deadline = self.timeout_s + 10
+        publish = self._rpc(self.trainer.eps[0], "PublishWeights", trainer_pb2.PublishWeightsRequest(
+            group_id=group_id, version=version, bucket_bytes=self.bucket_bytes), deadline)
+        prepares = [self._rpc(ep, "PrepareWeightUpdate", convert.prepare_request(group_id, version, self._manifest),
+                              deadline) for ep in receivers]
+        try:
+            results = await _all_or_raise([publish, *prepares], f"weight sync to version {version}")
+        except Aborted:
+            self._groups.pop(name, None)  # the group is unusable after a failed collective: form anew next time
+            await asyncio.gather(*(self._rpc(ep, "AbortWeightUpdate", weights_pb2.AbortWeightUpdateRequest(
+                version=version, reason="sync failed"), 10) for ep in receivers), return_exceptions=True)
+            raise
+        await _all_or_raise([self._rpc(ep, "CommitWeightUpdate", weights_pb2.CommitWeightUpdateRequest(
+            version=version), deadline) for ep in receivers], f"committing version {version}")
+        sent = results[0]
+        return SyncResult(version, sent.bytes, sent.buckets, time.perf_counter() - start, len(receivers))
+
+
+async def _all_or_raise(calls: list, what: str) -> list:
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        details = "; ".join(f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else repr(e)
+                            for e in errors)
+        raise Aborted(f"{what} failed: {details}")
+    return results
