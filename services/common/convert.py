@@ -37,7 +37,7 @@ def dtype_from_name(name: str, field: str = "dtype") -> torch.dtype:
 def encode(tensor: torch.Tensor) -> tensor_pb2.Tensor:
     """Encode a tensor as raw bytes (C order, little endian)."""
     t = tensor.detach().to("cpu").contiguous()
-    raw = t.view(torch.uint8) if t.dtype != torch.bool and t.numel() else t
+    raw = t.reshape(-1).view(torch.uint8) if t.dtype != torch.bool and t.numel() else t
     data = raw.numpy().tobytes() if t.numel() else b""
     return tensor_pb2.Tensor(dtype=dtype_name(t.dtype), shape=list(t.shape), data=data)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 def exact_answer(prompt: str, completion: str, metadata: dict[str, str]) -> float:
     """1.0 when the completion (surrounding whitespace stripped) equals ``metadata['answer']``, else 0.0."""
     if "answer" not in metadata:
-        raise KeyError("metadata.answer")
+        raise KeyError("answer")
     return 1.0 if completion.strip() == metadata["answer"].strip() else 0.0
 
 

@@ -81,7 +81,7 @@ class TorchTrainerBackend:
                 value, stats = losses.policy_gradient_loss(logp, old_s, batch.advantages[s], batch.loss_mask[s],
                                                            loss.clip_eps, ref, loss.kl_coef, normalizer)
             value.backward()
-            totals["loss"] = totals.get("loss", 0.0) + float(value)
+            totals["loss"] = totals.get("loss", 0.0) + float(value.detach())
             for k, v in stats.items():  # stats are already divided by the full-batch normalizer
                 totals[k] = totals.get(k, 0.0) + float(v)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)

@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+from alignmesh.coordinator.data import PromptSampler, addition_splits, load_jsonl
+from alignmesh.services.common.errors import ConfigError
+
+
+def test_addition_splits_are_disjoint_deterministic_and_correct():
+    s = addition_splits(seed=0)
+    assert (len(s.train), len(s.test), len(s.dev)) == (9300, 500, 200)
+    prompts = [e.prompt for e in s.train + s.test + s.dev]
+    assert len(set(prompts)) == 10_000
+    assert addition_splits(seed=0).test == s.test and addition_splits(seed=1).test != s.test
+    for e in s.test[:50]:
+        a, b = e.prompt[:-1].split("+")
+        assert int(e.answer) == int(a) + int(b)
+
+
+def test_sampler_is_seeded_covers_an_epoch_and_resumes_exactly():
+    data = addition_splits(seed=0).dev
+    a = PromptSampler(data, seed=3)
+    first = a.take(150) + a.take(150)  # crosses the epoch boundary at 200
+    assert len({e.prompt for e in first[:200]}) == 200
+    b = PromptSampler(data, seed=3, cursor=150)
+    assert b.take(150) == first[150:]
+    assert PromptSampler(data, seed=4).take(10) != first[:10]
+
+
+def test_jsonl_loading_and_errors_name_the_field(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n\n" + json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(ConfigError, match=r"dataset.train: .*line 3: need a JSON object with 'prompt' and 'answer'"):
+        load_jsonl(p)
+    p.write_text(json.dumps({"prompt": "1+1=", "answer": 2}) + "\n")
+    assert load_jsonl(p)[0].answer == "2"
+    with pytest.raises(ConfigError, match="dataset.test: file .* not found"):
+        load_jsonl(tmp_path / "missing.jsonl", "dataset.test")

@@ -1,0 +1,72 @@
+import math
+
+import pytest
+import torch
+
+from alignmesh.services.trainer.losses import kl_k3, policy_gradient_loss, sft_loss
+
+
+def test_policy_gradient_matches_hand_computation_with_clipping_and_padding():
+    logp = torch.tensor([[0.0, math.log(0.5), math.log(0.9)], [0.0, math.log(0.2), 0.0]])
+    old = torch.tensor([[0.0, math.log(0.25), math.log(0.9)], [0.0, math.log(0.4), 0.0]])
+    adv = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])  # position 0 is prompt; [1, 2] is padding
+    loss, stats = policy_gradient_loss(logp, old, adv, mask, clip_eps=0.2)
+    # seq 0: ratios 2.0 -> min(2*1, 1.2*1) = 1.2 ; 1.0 -> 1.0. seq 1: ratio 0.5 -> min(-1.0, 0.8*-2=-1.6) = -1.6
+    expected = -(1.2 + 1.0 - 1.6) / 3
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["clip_frac"].item() == pytest.approx(2 / 3, abs=1e-6)
+    assert stats["ratio"].item() == pytest.approx((2.0 + 1.0 + 0.5) / 3, abs=1e-6)
+
+
+def test_padding_values_do_not_matter():
+    logp = torch.tensor([[-1.0, -2.0]])
+    old = logp.clone()
+    mask = torch.tensor([[1.0, 0.0]])
+    a, _ = policy_gradient_loss(logp, old, torch.tensor([1.0]), mask, 0.2)
+    logp2 = torch.tensor([[-1.0, -50.0]])
+    b, _ = policy_gradient_loss(logp2, logp2.clone(), torch.tensor([1.0]), mask, 0.2)
+    assert a.item() == b.item() == pytest.approx(-1.0)
+
+
+def test_on_policy_gradient_is_advantage_weighted_score():
+    logp = torch.tensor([[-0.5, -1.5]], requires_grad=True)
+    adv = torch.tensor([[2.0, -1.0]])
+    loss, _ = policy_gradient_loss(logp, logp.detach(), adv, torch.ones(1, 2), 0.2)
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-1.0, 0.5]]))  # -A / N
+
+
+def test_kl_k3_values_and_term():
+    logp = torch.tensor([[math.log(0.5)]])
+    ref = torch.tensor([[math.log(0.25)]])
+    # exp(r - l) - (r - l) - 1 = 0.5 + ln 2 - 1
+    assert kl_k3(logp, ref).item() == pytest.approx(0.5 + math.log(2) - 1, abs=1e-6)
+    assert kl_k3(ref, ref).item() == 0.0
+    loss, stats = policy_gradient_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 1), 0.2, ref, kl_coef=0.1)
+    assert loss.item() == pytest.approx(0.1 * (0.5 + math.log(2) - 1), abs=1e-6)
+    assert stats["kl"].item() == pytest.approx(0.5 + math.log(2) - 1, abs=1e-6)
+
+
+def test_all_zero_advantages_give_zero_policy_loss_and_gradient():
+    logp = torch.randn(4, 5, requires_grad=True)
+    loss, _ = policy_gradient_loss(logp, logp.detach(), torch.zeros(4), torch.ones(4, 5), 0.2)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(logp.grad) == 0
+
+
+def test_shared_normalizer_makes_micro_batches_sum_to_the_full_batch():
+    torch.manual_seed(0)
+    logp, old, adv = torch.randn(4, 6), torch.randn(4, 6), torch.randn(4)
+    mask = (torch.rand(4, 6) > 0.3).float()
+    full, _ = policy_gradient_loss(logp, old, adv, mask, 0.2)
+    n = mask.sum()
+    parts = [policy_gradient_loss(logp[s], old[s], adv[s], mask[s], 0.2, normalizer=n)[0]
+             for s in (slice(0, 1), slice(1, 4))]
+    assert sum(p.item() for p in parts) == pytest.approx(full.item(), abs=1e-6)
+
+
+def test_sft_loss_is_masked_token_mean_nll():
+    logp = torch.tensor([[-9.0, -1.0, -3.0]])
+    loss, stats = sft_loss(logp, torch.tensor([[0.0, 1.0, 1.0]]))
+    assert loss.item() == pytest.approx(2.0) and stats["nll"].item() == pytest.approx(2.0)
