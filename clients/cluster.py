@@ -115,10 +115,9 @@ class LocalCluster:
 
     def start(self, timeout_s: float = 180.0) -> None:
         resolved = self._resolve()
-        threads = default_threads(self.cfg)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "PYTHONUNBUFFERED": "1"}
         for m in self.members:
+            threads = str(default_threads(self.cfg, m.role))
+            env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
             m.log = str(self.state_dir / "logs" / f"{m.name}.log")
             cmd = [sys.executable, "-m", "alignmesh.clients.cli", "serve", m.role, "--config", str(resolved),
                    "--port", str(m.port), "--metrics-port", str(m.metrics_port)]

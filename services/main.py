@@ -13,11 +13,18 @@ from alignmesh.services.common.settings import ROLES, ClusterConfig
 COMPUTE_ROLES = ("trainer", "rollout", "reference")
 
 
-def default_threads(cfg: ClusterConfig) -> int:
-    """An equal share of the cores among the compute processes of a local cluster."""
+def default_threads(cfg: ClusterConfig, role: str) -> int:
+    """Each process's share of the cores, by which processes compute at the same time.
+
+    A synchronous step runs its phases one after another (generate, reward, reference, train, sync), so the
+    trainer computes alone and may use every core; the replicas of one role compute together and split them.
+    Light roles (reward rules, coordinator) get one thread. ``threads_per_process`` overrides all of this.
+    """
     if cfg.threads_per_process:
         return cfg.threads_per_process
-    return threads.share(sum(cfg.replicas(r) for r in COMPUTE_ROLES))
+    if role in COMPUTE_ROLES:
+        return threads.share(cfg.replicas(role))
+    return 1
 
 
 def _vocab(path) -> int:
@@ -70,7 +77,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
 def run(role: str, cfg: ClusterConfig, port: int, metrics_port: int, host: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
-    threads.apply(default_threads(cfg))
+    threads.apply(default_threads(cfg, role))
     register = build(role, cfg)
     spec = ServeSpec(role=role, host=host or cfg.host, port=port, metrics_port=metrics_port,
                      security=cfg.security)

@@ -1,0 +1,63 @@
+"""Helpers for integration tests: real services on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import yaml
+
+from alignmesh.clients.cluster import free_port, health_ok
+
+
+def cluster_yaml(tmp: Path, model_dir: Path | str, **extra) -> Path:
+    cfg = {"model": str(model_dir), "state_dir": str(tmp / "state"), "cache_dir": str(tmp / "cache"),
+           "coordinator": {"runs_dir": str(tmp / "runs")}}
+    cfg.update(extra)
+    path = tmp / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def serve(role: str, config: Path, log: Path) -> tuple[subprocess.Popen, str, int]:
+    """Start ``alignmesh serve <role>`` and wait until it reports SERVING."""
+    port, mport = free_port(), free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "alignmesh.clients.cli", "serve", role, "--config",
+                                 str(config), "--port", str(port), "--metrics-port", str(mport)],
+                                stdout=fh, stderr=subprocess.STDOUT, env=env)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while not health_ok(address):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{role} exited: {log.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"{role} not healthy: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return proc, address, mport
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address)

@@ -1,0 +1,155 @@
+"""The service spine end to end: the launcher starts every role as its own process; each answers its main RPC,
+rejects bad input with INVALID_ARGUMENT and keeps serving, exports metrics, and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from alignmesh.clients.cluster import LocalCluster
+from alignmesh.protos.coordinator.v1 import coordinator_pb2, coordinator_pb2_grpc
+from alignmesh.protos.reference.v1 import reference_pb2, reference_pb2_grpc
+from alignmesh.protos.reward.v1 import reward_pb2, reward_pb2_grpc
+from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
+from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from alignmesh.services.common.convert import decode, encode
+from alignmesh.services.common.settings import load_cluster_config
+from alignmesh.services.models.loading import load_tokenizer
+
+from helpers import cluster_yaml, metric_value, scrape
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("spine")
+    cfg = load_cluster_config(cluster_yaml(tmp, tiny_model_dir, rollout={"replicas": 2}))
+    c = LocalCluster(cfg)
+    c.start(timeout_s=150)
+    yield c
+    c.stop()
+
+
+def addr(cluster, role, replica=0):
+    return next(cluster.address(m) for m in cluster.members if m.role == role and m.replica == replica)
+
+
+def mport(cluster, role, replica=0):
+    return next(m.metrics_port for m in cluster.members if m.role == role and m.replica == replica)
+
+
+def test_every_role_is_healthy_and_reflects_its_service(cluster):
+    names = {"rollout": "alignmesh.rollout.v1.RolloutService", "reward": "alignmesh.reward.v1.RewardService",
+             "reference": "alignmesh.reference.v1.ReferenceService",
+             "trainer": "alignmesh.trainer.v1.TrainerService",
+             "coordinator": "alignmesh.coordinator.v1.CoordinatorService"}
+    assert sorted({m.role for m in cluster.members}) == sorted(names)
+    assert len([m for m in cluster.members if m.role == "rollout"]) == 2
+    for m in cluster.members:
+        with grpc.insecure_channel(cluster.address(m)) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            for service in ("", names[m.role]):
+                resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            assert names[m.role] in ProtoReflectionDescriptorDatabase(ch).get_services()
+
+
+def test_rollout_generates(cluster, tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    prompts = [tok("12+34=")["input_ids"], tok("5+6=")["input_ids"]]
+    ids = torch.zeros(2, 7, dtype=torch.int64)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.tensor(p)
+    req = rollout_pb2.GenerateRequest(prompt_ids=encode(ids), prompt_lengths=encode(torch.tensor([7, 5])),
+                                      sampling=rollout_pb2.SamplingParams(max_new_tokens=4, n=3, seed=1))
+    with grpc.insecure_channel(addr(cluster, "rollout", 1)) as ch:
+        resp = rollout_pb2_grpc.RolloutServiceStub(ch).Generate(req, timeout=30)
+    comp, lengths, logp = decode(resp.completion_ids, "c"), decode(resp.completion_lengths, "l"), \
+        decode(resp.logprobs, "p")
+    assert comp.dtype == torch.int64 and logp.dtype == torch.float32 and comp.shape[0] == 6 and comp.shape[1] <= 4
+    assert logp.shape == comp.shape and len(resp.finish_reasons) == 6 and resp.weight_version == 0
+    assert torch.isfinite(logp).all() and (logp <= 0).all()
+    assert ((lengths >= 1) & (lengths <= 4)).all()
+    for i, n in enumerate(lengths.tolist()):
+        assert (logp[i, :n] < 0).all() and (logp[i, n:] == 0).all()
+
+
+def test_reference_reward_trainer_and_coordinator_answer(cluster):
+    ids = torch.tensor([[1, 4, 5, 13, 6, 14, 8, 2], [1, 4, 13, 5, 14, 6, 2, 0]])
+    mask = (ids != 0).long()
+    mask[0, 0] = 1
+    with grpc.insecure_channel(addr(cluster, "reference")) as ch:
+        resp = reference_pb2_grpc.ReferenceServiceStub(ch).ComputeLogProbs(
+            reference_pb2.LogProbsRequest(input_ids=encode(ids), attention_mask=encode(mask)), timeout=30)
+    lp = decode(resp.logprobs, "lp")
+    assert lp.shape == (2, 8) and (lp[:, 0] == 0).all() and (lp[:, 1:7] < 0).all() and lp[1, 7] == 0
+    with grpc.insecure_channel(addr(cluster, "reward")) as ch:
+        items = [reward_pb2.ScoreItem(prompt="12+30=", completion="42"),
+                 reward_pb2.ScoreItem(prompt="1+1=", completion="3", metadata={"answer": "2"})]
+        resp = reward_pb2_grpc.RewardServiceStub(ch).Score(reward_pb2.ScoreRequest(items=items), timeout=10)
+    assert decode(resp.scores, "s").tolist() == [1.0, 0.0] and resp.reward_fn == "addition_exact"
+    loss_mask = torch.zeros(2, 8)
+    loss_mask[:, 5:] = 1.0
+    with grpc.insecure_channel(addr(cluster, "trainer")) as ch:
+        stub = trainer_pb2_grpc.TrainerServiceStub(ch)
+        resp = stub.TrainStep(trainer_pb2.TrainStepRequest(
+            input_ids=encode(ids), attention_mask=encode(mask), loss_mask=encode(loss_mask),
+            loss=trainer_pb2.LossSpec(name="sft")), timeout=30)
+        assert resp.step == 1 and 0 < resp.metrics["nll"] < 10 and resp.metrics["tokens"] == 6
+        state = stub.GetState(trainer_pb2.GetStateRequest(), timeout=5)
+        assert state.step == 1 and state.num_parameters == 527_488
+    with grpc.insecure_channel(cluster.coordinator_address()) as ch:
+        jobs = coordinator_pb2_grpc.CoordinatorServiceStub(ch).ListJobs(coordinator_pb2.ListJobsRequest(), timeout=5)
+    assert list(jobs.jobs) == []
+
+
+def test_bad_input_is_invalid_argument_naming_the_field_and_service_keeps_serving(cluster):
+    ids = torch.tensor([[1, 4, 13]])
+    bad = rollout_pb2.GenerateRequest(prompt_ids=encode(ids), prompt_lengths=encode(torch.tensor([3, 3])),
+                                      sampling=rollout_pb2.SamplingParams(max_new_tokens=2))
+    good = rollout_pb2.GenerateRequest(prompt_ids=encode(ids), prompt_lengths=encode(torch.tensor([3])),
+                                       sampling=rollout_pb2.SamplingParams(max_new_tokens=2))
+    with grpc.insecure_channel(addr(cluster, "rollout")) as ch:
+        stub = rollout_pb2_grpc.RolloutServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(bad, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "prompt_lengths: has 2 entries for 1 prompts" in err.value.details()
+        assert stub.Generate(good, timeout=10).weight_version == 0
+    with grpc.insecure_channel(addr(cluster, "trainer")) as ch:
+        stub = trainer_pb2_grpc.TrainerServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TrainStep(trainer_pb2.TrainStepRequest(input_ids=encode(ids), attention_mask=encode(ids),
+                                                        loss_mask=encode(torch.ones(1, 5))), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "loss_mask: shape [1, 5]" in err.value.details()
+    with grpc.insecure_channel(cluster.coordinator_address()) as ch:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SubmitJob(coordinator_pb2.SubmitJobRequest(config_yaml="params:\n  group_size: 1\n"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "group_size" in err.value.details()
+        assert list(stub.ListJobs(coordinator_pb2.ListJobsRequest(), timeout=5).jobs) == []
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetJob(coordinator_pb2.GetJobRequest(job_id="nope"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_metrics_count_rpcs_and_errors(cluster):
+    text = scrape(mport(cluster, "rollout"))
+    assert metric_value(text, "alignmesh_rpc_total", role="rollout", method="Generate", code="OK") >= 1
+    assert metric_value(text, "alignmesh_rpc_errors_total", role="rollout", method="Generate",
+                        code="INVALID_ARGUMENT") >= 1
+    assert metric_value(text, "alignmesh_rpc_latency_seconds_count", role="rollout", method="Generate") >= 2
+    assert metric_value(text, "alignmesh_serving", role="rollout") == 1
+    trainer = scrape(mport(cluster, "trainer"))
+    assert metric_value(trainer, "alignmesh_rpc_total", role="trainer", method="TrainStep", code="OK") >= 1
+
+
+def test_sigterm_stops_every_process_gracefully(cluster):
+    procs = list(cluster._procs)
+    cluster.stop()
+    assert all(p.poll() is not None for p in procs)
+    assert [p.returncode for p in procs] == [0] * len(procs)
