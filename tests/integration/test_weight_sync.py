@@ -1,0 +1,169 @@
+"""The weight side channel against a real rollout service process, this test acting as trainer rank 0."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import time
+
+import grpc
+import pytest
+import torch
+import torch.distributed as dist
+
+from alignmesh.protos.common.v1 import weights_pb2
+from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
+from alignmesh.services.common.convert import decode, encode
+from alignmesh.services.models.loading import load_causal_lm, load_tokenizer
+from alignmesh.services.models.logprobs import token_logprobs
+from alignmesh.services.sync import buckets as bk
+from alignmesh.services.sync.convert import manifest_to_proto
+from alignmesh.services.sync.group import GroupSpec, SyncError, SyncGroup
+from alignmesh.services.sync.sender import named_weights, publish
+
+from helpers import cluster_yaml, serve
+
+pytestmark = pytest.mark.integration
+BUCKET = 256 * 1024  # several buckets for the 2.1 MB model
+
+
+class Trainer:
+    """Rank 0 of the sync group, in this process, with its own copy of the model."""
+
+    def __init__(self, model_dir, address):
+        self.model = load_causal_lm(model_dir)
+        self.tok = load_tokenizer(model_dir)
+        self.channel = grpc.insecure_channel(address)
+        self.stub = rollout_pb2_grpc.RolloutServiceStub(self.channel)
+        self.store = dist.TCPStore("127.0.0.1", 0, None, True, dt.timedelta(seconds=30), wait_for_workers=False)
+        self.group = None
+
+    def form(self, group_id: str, timeout_s: float) -> None:
+        spec = GroupSpec(group_id, "127.0.0.1", self.store.port, 2, 0, "auto", timeout_s)
+        req = weights_pb2.JoinSyncGroupRequest(group_id=group_id, store_host="127.0.0.1", store_port=self.store.port,
+                                               world_size=2, rank=1, backend="auto", timeout_s=timeout_s)
+        fut = self.stub.JoinSyncGroup.future(req, timeout=timeout_s + 10)
+        self.group = SyncGroup(spec)
+        assert fut.result().backend == "gloo"
+
+    def prepare(self, group_id: str, version: int):
+        manifest = manifest_to_proto(bk.specs_of(named_weights(self.model)), BUCKET)
+        return self.stub.PrepareWeightUpdate.future(weights_pb2.PrepareWeightUpdateRequest(
+            group_id=group_id, version=version, manifest=manifest), timeout=60)
+
+    def version(self):
+        return self.stub.GetWeightVersion(weights_pb2.GetWeightVersionRequest(), timeout=5)
+
+    def sequences(self):
+        """Greedy completions from the replica, with the replica's logprobs."""
+        prompts = [self.tok(p)["input_ids"] for p in ("12+34=", "7+8=", "99+99=", "0+5=")]
+        width = max(map(len, prompts))
+        ids = torch.zeros(len(prompts), width, dtype=torch.int64)
+        for i, p in enumerate(prompts):
+            ids[i, :len(p)] = torch.tensor(p)
+        resp = self.stub.Generate(rollout_pb2.GenerateRequest(
+            prompt_ids=encode(ids), prompt_lengths=encode(torch.tensor([len(p) for p in prompts])),
+            sampling=rollout_pb2.SamplingParams(max_new_tokens=4, greedy=True)), timeout=30)
+        comp, n, logp = (decode(resp.completion_ids, "c"), decode(resp.completion_lengths, "n"),
+                         decode(resp.logprobs, "l"))
+        return prompts, comp, n, logp, resp.weight_version
+
+    def max_logprob_gap(self) -> float:
+        prompts, comp, n, logp, _ = self.sequences()
+        gap = 0.0
+        with torch.no_grad():
+            for i, p in enumerate(prompts):
+                seq = torch.tensor([p + comp[i, :n[i]].tolist()])
+                mine = token_logprobs(self.model, seq, torch.ones_like(seq))[0, len(p):]
+                gap = max(gap, float((mine - logp[i, :n[i]]).abs().max()))
+        return gap
+
+
+@pytest.fixture(scope="module")
+def rollout(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sync")
+    proc, address, _ = serve("rollout", cluster_yaml(tmp, tiny_model_dir), tmp / "rollout.log")
+    yield proc, address
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_model_dir, rollout):
+    t = Trainer(tiny_model_dir, rollout[1])
+    with torch.no_grad():  # the trainer's weights differ from the replica's initial ones
+        g = torch.Generator().manual_seed(1)
+        for p in t.model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    t.form("g1", timeout_s=20)
+    return t
+
+
+def test_after_sync_replica_logprobs_equal_trainer_logprobs(trainer):
+    assert trainer.max_logprob_gap() > 1e-3  # before: different weights
+    fut = trainer.prepare("g1", 1)
+    stats = publish(trainer.group, named_weights(trainer.model), 1, BUCKET)
+    staged = fut.result()
+    assert staged.version == 1 and staged.buckets == stats.buckets > 1 and staged.bytes == stats.bytes == 2_109_952
+    assert trainer.version().staged_version == 1 and trainer.version().version == 0
+    trainer.stub.CommitWeightUpdate(weights_pb2.CommitWeightUpdateRequest(version=1), timeout=10)
+    assert trainer.version().version == 1
+    assert trainer.max_logprob_gap() <= 1e-5  # fp32, tied embeddings included
+    assert trainer.sequences()[4] == 1  # samples carry the version that produced them
+
+
+def test_corrupted_bucket_is_detected_and_old_weights_keep_serving(trainer):
+    before = trainer.sequences()
+    named = named_weights(trainer.model)
+    tensors = dict(named)
+    plan = bk.plan(bk.specs_of(named), BUCKET)
+    flats = [bk.pack(b, {k: v + 0.01 for k, v in tensors.items()}) for b in plan]
+    sums = [bk.checksum(f) for f in flats]
+    fut = trainer.prepare("g1", 2)
+    trainer.group.broadcast(bk.header(2, plan, sums))
+    for i, flat in enumerate(flats):
+        if i == 1:
+            flat = flat.clone()
+            flat.view(torch.int32)[10] ^= 1 << 3  # one flipped bit in transit
+        trainer.group.broadcast(flat)
+    with pytest.raises(grpc.RpcError) as err:
+        fut.result()
+    assert err.value.code() == grpc.StatusCode.ABORTED
+    assert "bucket 1 of" in err.value.details() and "checksum" in err.value.details()
+    assert trainer.version().version == 1 and trainer.version().staged_version == -1
+    with pytest.raises(grpc.RpcError) as err:
+        trainer.stub.CommitWeightUpdate(weights_pb2.CommitWeightUpdateRequest(version=2), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    after = trainer.sequences()
+    assert torch.equal(after[1], before[1]) and torch.equal(after[3], before[3]) and after[4] == 1
+    assert trainer.max_logprob_gap() <= 1e-5  # still serving version 1 = the trainer's unchanged weights
+
+
+def test_wrong_manifest_is_refused_before_any_transfer(trainer):
+    specs = bk.specs_of(named_weights(trainer.model))
+    specs[0] = bk.Spec(specs[0].name, specs[0].dtype, (specs[0].shape[0] + 1, specs[0].shape[1]))
+    with pytest.raises(grpc.RpcError) as err:
+        trainer.stub.PrepareWeightUpdate(weights_pb2.PrepareWeightUpdateRequest(
+            group_id="g1", version=3, manifest=manifest_to_proto(specs, BUCKET)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "model.embed_tokens.weight" in err.value.details()
+
+
+def test_silent_peer_times_out_instead_of_hanging(trainer):
+    trainer.form("g2", timeout_s=3)  # a fresh group with a short timeout; the replica never prepares
+    start = time.monotonic()
+    with pytest.raises(SyncError, match="failed or timed out"):
+        publish(trainer.group, named_weights(trainer.model), 3, BUCKET)
+    assert time.monotonic() - start < 3 + 5
+
+
+def test_killed_peer_fails_the_sync_within_its_timeout(trainer, rollout):
+    proc, _ = rollout
+    trainer.form("g3", timeout_s=10)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    start = time.monotonic()
+    with pytest.raises(SyncError):
+        publish(trainer.group, named_weights(trainer.model), 4, BUCKET)
+    assert time.monotonic() - start < 10 + 5
