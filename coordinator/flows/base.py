@@ -54,7 +54,16 @@ class FlowContext:
         return [self.tokenizer(e.prompt)["input_ids"] for e in examples]
 
     def decode(self, ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        return [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(ids, lengths)]
+        """Completion text up to (not including) eos. Other special tokens stay visible, so a completion that
+        hides a pad or bos between digits does not score as the bare digits."""
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for row, n in zip(ids.tolist(), lengths.tolist()):
+            toks = row[:n]
+            if toks and toks[-1] == eos:
+                toks = toks[:-1]
+            out.append(self.tokenizer.decode(toks, skip_special_tokens=False))
+        return out
 
     def completions(self, ids: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
         return [row[:n].tolist() for row, n in zip(ids, lengths)]

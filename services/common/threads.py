@@ -23,8 +23,26 @@ def apply(threads: int) -> None:
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
+    global _configured
+    _configured = threads
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(max(1, threads))
     except RuntimeError:  # already set once in this process
         pass
+
+
+def run_pinned(fn, *args):
+    """Run ``fn`` with this process's torch thread count applied in the calling (worker) thread too.
+
+    OpenMP keeps the thread count per OS thread; an executor thread would otherwise start with the default.
+    """
+    import torch
+
+    n = _configured or torch.get_num_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return fn(*args)
+
+
+_configured = 0

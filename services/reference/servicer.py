@@ -7,6 +7,7 @@ import asyncio
 from alignmesh.protos.reference.v1 import reference_pb2, reference_pb2_grpc
 from alignmesh.services.reference import convert
 from alignmesh.services.reference.backend import ReferenceBackend
+from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.sync.servicer import WeightControlMixin
 
 
@@ -19,7 +20,7 @@ class ReferenceServicer(WeightControlMixin, reference_pb2_grpc.ReferenceServiceS
 
     async def ComputeLogProbs(self, request, context):
         ids, mask = convert.batch_from_proto(request, self.vocab_size)
-        logprobs, version = await asyncio.to_thread(self.backend.logprobs, ids, mask)
+        logprobs, version = await asyncio.to_thread(run_pinned, self.backend.logprobs, ids, mask)
         return convert.logprobs_to_proto(logprobs, version)
 
 

@@ -7,6 +7,7 @@ import asyncio
 from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
 from alignmesh.services.rollout import convert
 from alignmesh.services.rollout.backend import RolloutBackend
+from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.sync.servicer import WeightControlMixin
 
 
@@ -20,7 +21,7 @@ class RolloutServicer(WeightControlMixin, rollout_pb2_grpc.RolloutServiceService
     async def Generate(self, request, context):
         prompts = convert.prompts_from_proto(request, self.vocab_size)
         params = convert.sampling_from_proto(request.sampling)
-        gen = await asyncio.to_thread(self.backend.generate, prompts, params)
+        gen = await asyncio.to_thread(run_pinned, self.backend.generate, prompts, params)
         return convert.generation_to_proto(gen)
 
 

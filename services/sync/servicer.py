@@ -6,6 +6,7 @@ import asyncio
 
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.services.common import metrics
+from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.sync.convert import group_spec_from_proto, manifest_from_proto
 
 
@@ -16,18 +17,18 @@ class WeightControlMixin:
 
     async def JoinSyncGroup(self, request, context):
         spec = group_spec_from_proto(request)
-        backend = await asyncio.to_thread(self.backend.join_sync_group, spec)
+        backend = await asyncio.to_thread(run_pinned, self.backend.join_sync_group, spec)
         return weights_pb2.JoinSyncGroupResponse(group_id=spec.group_id, rank=spec.rank, backend=backend)
 
     async def PrepareWeightUpdate(self, request, context):
         specs, bucket_bytes = manifest_from_proto(request.manifest)
-        staged = await asyncio.to_thread(self.backend.receiver.receive, request.group_id, request.version,
+        staged = await asyncio.to_thread(run_pinned, self.backend.receiver.receive, request.group_id, request.version,
                                          specs, bucket_bytes)
         return weights_pb2.PrepareWeightUpdateResponse(version=staged.version, bytes=staged.bytes,
                                                        buckets=staged.buckets, seconds=staged.seconds)
 
     async def CommitWeightUpdate(self, request, context):
-        version = await asyncio.to_thread(self.backend.receiver.commit, request.version)
+        version = await asyncio.to_thread(run_pinned, self.backend.receiver.commit, request.version)
         metrics.WEIGHT_VERSION.labels(self.role).set(version)
         return self._version()
 

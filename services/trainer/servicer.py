@@ -8,6 +8,7 @@ from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from alignmesh.services.common import metrics
 from alignmesh.services.common.errors import InvalidArgument
+from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.sync.convert import group_spec_from_proto, manifest_to_proto
 from alignmesh.services.trainer import convert
 from alignmesh.services.trainer.backend import TrainerBackend
@@ -24,19 +25,19 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         batch = convert.experience_from_proto(request, self.vocab_size)
         loss = convert.loss_from_proto(request.loss)
         lr = convert.learning_rate_from_proto(request)
-        step, stats = await asyncio.to_thread(self.backend.train_step, batch, loss, lr)
+        step, stats = await asyncio.to_thread(run_pinned, self.backend.train_step, batch, loss, lr)
         return trainer_pb2.TrainStepResponse(step=step, metrics=stats)
 
     async def SaveCheckpoint(self, request, context):
         if not request.path:
             raise InvalidArgument("path", "must name the checkpoint directory")
-        info = await asyncio.to_thread(self.backend.save_checkpoint, request.path, request.export_hf)
+        info = await asyncio.to_thread(run_pinned, self.backend.save_checkpoint, request.path, request.export_hf)
         return convert.checkpoint_to_proto(info)
 
     async def LoadCheckpoint(self, request, context):
         if not request.path:
             raise InvalidArgument("path", "must name the checkpoint directory")
-        info = await asyncio.to_thread(self.backend.load_checkpoint, request.path)
+        info = await asyncio.to_thread(run_pinned, self.backend.load_checkpoint, request.path)
         return convert.checkpoint_to_proto(info)
 
     async def GetState(self, request, context):
@@ -44,7 +45,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     async def JoinSyncGroup(self, request, context):
         spec = group_spec_from_proto(request)
-        backend = await asyncio.to_thread(self.backend.join_sync_group, spec)
+        backend = await asyncio.to_thread(run_pinned, self.backend.join_sync_group, spec)
         return weights_pb2.JoinSyncGroupResponse(group_id=spec.group_id, rank=spec.rank, backend=backend)
 
     async def GetWeightManifest(self, request, context):
@@ -53,7 +54,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def PublishWeights(self, request, context):
         if request.version <= 0:
             raise InvalidArgument("version", f"must be > 0, got {request.version}")
-        stats = await asyncio.to_thread(self.backend.publish, request.group_id, request.version,
+        stats = await asyncio.to_thread(run_pinned, self.backend.publish, request.group_id, request.version,
                                         request.bucket_bytes or DEFAULT_BUCKET_BYTES)
         metrics.WEIGHT_VERSION.labels("trainer").set(stats.version)
         return trainer_pb2.PublishWeightsResponse(version=stats.version, bytes=stats.bytes, buckets=stats.buckets,

@@ -27,7 +27,7 @@ def cluster_yaml(tmp: Path, model_dir: Path | str, **extra) -> Path:
 def serve(role: str, config: Path, log: Path) -> tuple[subprocess.Popen, str, int]:
     """Start ``alignmesh serve <role>`` and wait until it reports SERVING."""
     port, mport = free_port(), free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "alignmesh.clients.cli", "serve", role, "--config",
                                  str(config), "--port", str(port), "--metrics-port", str(mport)],
