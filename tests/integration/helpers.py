@@ -52,7 +52,7 @@ def scrape(port: int) -> str:
 def metric_value(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():
-        if not line.startswith(name + "{"):
+        if not (line.startswith(name + "{") or line.startswith(name + " ")):
             continue
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
