@@ -67,8 +67,14 @@ def _status(args) -> int:
 
 def _client(args):
     from alignmesh.clients.client import Client
+    from alignmesh.clients.cluster import read_state
 
-    return Client(args.coordinator, token=args.token)
+    address = args.coordinator
+    if address is None:  # the local cluster started by `alignmesh up`, else the conventional port
+        state = read_state(load_cluster_config(None).state_dir)
+        members = [m for m in (state or {}).get("members", []) if m["role"] == "coordinator"]
+        address = f"{state['host']}:{members[0]['port']}" if members else DEFAULT_COORDINATOR
+    return Client(address, token=args.token)
 
 
 def _submit(args) -> int:
@@ -141,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_demo)
     for name, fn in (("submit", _submit), ("jobs", _jobs), ("watch", _watch), ("cancel", _cancel)):
         s = sub.add_parser(name)
-        s.add_argument("--coordinator", default=DEFAULT_COORDINATOR)
+        s.add_argument("--coordinator", default=None,
+                       help=f"host:port (default: the local cluster from `alignmesh up`, else {DEFAULT_COORDINATOR})")
         s.add_argument("--token", default=None)
         if name == "submit":
             s.add_argument("job_config")
