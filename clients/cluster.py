@@ -53,8 +53,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _free_ports(count: int, host: str) -> list[int]:
+    """``count`` distinct free ports: every socket stays bound until all are chosen, so none repeats."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def plan(cfg: ClusterConfig) -> list[Member]:
     members, next_port = [], cfg.base_port
+    pool = [] if cfg.base_port else _free_ports(2 * sum(cfg.replicas(r) for r in START_ORDER), cfg.host)
     for role in START_ORDER:
         for replica in range(cfg.replicas(role)):
             if cfg.base_port:
@@ -64,7 +79,7 @@ def plan(cfg: ClusterConfig) -> list[Member]:
                         raise ConfigError(f"base_port: port {p} ({role} replica {replica} {what}) is already in use; "
                                           f"pick another base_port or 0 for free ports")
             else:
-                port, mport = free_port(cfg.host), free_port(cfg.host)
+                port, mport = pool.pop(), pool.pop()
             members.append(Member(role, replica, port, mport))
     return members
 
@@ -114,6 +129,17 @@ class LocalCluster:
         return resolved
 
     def start(self, timeout_s: float = 180.0) -> None:
+        """Start every process and wait for health. With free ports (``base_port: 0``) a port taken by another
+        program between choosing and binding it is retried with fresh ports, twice at most."""
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout_s)
+            except RuntimeError as exc:
+                if self.cfg.base_port or "already in use" not in str(exc) or attempt == 2:
+                    raise
+                self._procs, self.members = [], []
+
+    def _start_once(self, timeout_s: float) -> None:
         resolved = self._resolve()
         for m in self.members:
             threads = str(default_threads(self.cfg, m.role))
