@@ -17,7 +17,7 @@ from alignmesh.coordinator.weights import WeightSync
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2
 from alignmesh.services.common.config import from_dict
-from alignmesh.services.models.loading import load_tokenizer
+from alignmesh.services.models.light_tokenizer import load_light_tokenizer
 
 if TYPE_CHECKING:
     from alignmesh.coordinator.jobs import JobManager
@@ -75,7 +75,7 @@ async def run_job(manager: "JobManager", rec: "JobRecord", cancel: asyncio.Event
     flow_cls = resolve(cfg.algorithm)
     params = from_dict(flow_cls.Params, cfg.params, "params")
     model_path = str(cluster.model_path())
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_light_tokenizer(model_path)
     run = RunDir(rec.run_dir)
     run.write_config(rec.config_yaml)
     started = time.time()

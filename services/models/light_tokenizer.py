@@ -1,0 +1,50 @@
+"""A tokenizer for processes that only encode and decode (the coordinator): the ``tokenizers`` library reading
+``tokenizer.json`` directly, without importing transformers (several seconds of start-up per process).
+Falls back to ``AutoTokenizer`` for model directories without a ``tokenizer.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class LightTokenizer:
+    """The subset of the HF tokenizer API the flows use: ``tok(text)["input_ids"]``, ``decode``, special ids."""
+
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        self._tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        config = _read_json(path / "tokenizer_config.json")
+        special = _read_json(path / "special_tokens_map.json")
+
+        def token_id(name: str) -> int | None:
+            value = config.get(name) or special.get(name)
+            if isinstance(value, dict):
+                value = value.get("content")
+            return self._tok.token_to_id(value) if value else None
+
+        self.eos_token_id = token_id("eos_token")
+        self.bos_token_id = token_id("bos_token")
+        self.pad_token_id = token_id("pad_token")
+        if self.pad_token_id is None:
+            self.pad_token_id = self.eos_token_id
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": self._tok.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_light_tokenizer(path: str | Path):
+    if (Path(path) / "tokenizer.json").is_file():
+        return LightTokenizer(path)
+    from alignmesh.services.models.loading import load_tokenizer
+
+    return load_tokenizer(path)
