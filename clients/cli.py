@@ -110,6 +110,44 @@ def _cancel(args) -> int:
     return 0
 
 
+def _pause(args) -> int:
+    with _client(args) as c:
+        print(c.pause(args.job_id).state)
+    return 0
+
+
+def _resume(args) -> int:
+    with _client(args) as c:
+        print(c.resume(args.job_id).state)
+    return 0
+
+
+def _update(args) -> int:
+    knobs = {}
+    for item in args.knobs:
+        name, _, value = item.partition("=")
+        try:
+            knobs[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"{item!r}: write knobs as name=number, e.g. learning_rate=1e-4") from None
+    with _client(args) as c:
+        print(c.update(args.job_id, **knobs).state)
+    return 0
+
+
+def _logs(args) -> int:
+    with _client(args) as c:
+        for ev in c.watch(args.job_id) if args.follow else _replay(c, args.job_id):
+            if ev.kind in ("log", "state", "update", "checkpoint"):
+                print(f"{ev.seq:6d} {ev.kind:<10} {ev.state or ''} {ev.message}".rstrip())
+    return 0
+
+
+def _replay(client, job_id: str):
+    """Events so far, without waiting for the job to end."""
+    return client.events(job_id)
+
+
 def _demo(args) -> int:
     from alignmesh.clients.demo import run_demo
 
@@ -145,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--job-config", default=None, help="job YAML (default: examples/grpo_addition.yaml)")
     s.add_argument("--out", default="runs", help="where run directories go")
     s.set_defaults(fn=_demo)
-    for name, fn in (("submit", _submit), ("jobs", _jobs), ("watch", _watch), ("cancel", _cancel)):
+    for name, fn in (("submit", _submit), ("jobs", _jobs), ("watch", _watch), ("cancel", _cancel),
+                     ("pause", _pause), ("resume", _resume), ("update", _update), ("logs", _logs)):
         s = sub.add_parser(name)
         s.add_argument("--coordinator", default=None,
                        help=f"host:port (default: the local cluster from `alignmesh up`, else {DEFAULT_COORDINATOR})")
@@ -154,8 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("job_config")
             s.add_argument("--name", default="")
             s.add_argument("--watch", action="store_true")
-        elif name in ("watch", "cancel"):
+        elif name in ("watch", "cancel", "pause", "resume", "logs"):
             s.add_argument("job_id")
+            if name == "logs":
+                s.add_argument("--follow", "-f", action="store_true")
+        elif name == "update":
+            s.add_argument("job_id")
+            s.add_argument("knobs", nargs="+", help="name=value, e.g. learning_rate=5e-5 temperature=0.8")
         s.set_defaults(fn=fn)
     s = sub.add_parser("init-model", help="write the embedded default model to a directory")
     s.add_argument("path")

@@ -14,7 +14,8 @@ from alignmesh.protos.coordinator.v1 import coordinator_pb2, coordinator_pb2_grp
 
 STATES = {coordinator_pb2.JOB_STATE_QUEUED: "queued", coordinator_pb2.JOB_STATE_RUNNING: "running",
           coordinator_pb2.JOB_STATE_SUCCEEDED: "succeeded", coordinator_pb2.JOB_STATE_FAILED: "failed",
-          coordinator_pb2.JOB_STATE_CANCELLED: "cancelled", coordinator_pb2.JOB_STATE_UNSPECIFIED: ""}
+          coordinator_pb2.JOB_STATE_CANCELLED: "cancelled", coordinator_pb2.JOB_STATE_PAUSED: "paused",
+          coordinator_pb2.JOB_STATE_UNSPECIFIED: ""}
 FINAL = ("succeeded", "failed", "cancelled")
 SAFE_RETRY = (grpc.StatusCode.UNAVAILABLE,)
 
@@ -42,7 +43,7 @@ class Event:
     job_id: str
     seq: int
     time: float
-    kind: str  # "state", "step", "eval", "log"
+    kind: str  # "state", "step", "eval", "log", "update", "checkpoint"
     state: str = ""
     stage: str = ""
     step: int = 0
@@ -112,6 +113,18 @@ class Client:
         return _job(self._stub.CancelJob(coordinator_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout_s,
                                          metadata=self._meta))
 
+    def pause(self, job_id: str) -> Job:
+        """Hold the job between steps (idempotent)."""
+        return _job(self._read("PauseJob", coordinator_pb2.PauseJobRequest(job_id=job_id)))
+
+    def resume(self, job_id: str) -> Job:
+        return _job(self._read("ResumeJob", coordinator_pb2.ResumeJobRequest(job_id=job_id)))
+
+    def update(self, job_id: str, **knobs: float) -> Job:
+        """Change live knobs (learning_rate, kl_coef, temperature, eval_every) from the next step on."""
+        req = coordinator_pb2.UpdateJobRequest(job_id=job_id, knobs={k: float(v) for k, v in knobs.items()})
+        return _job(self._read("UpdateJob", req))
+
     def watch(self, job_id: str, after_seq: int = 0, timeout_s: float = 7 * 24 * 3600) -> Iterator[Event]:
         """Yield events until the job ends; reconnects from the last seen event when the stream drops."""
         last, deadline = after_seq, time.monotonic() + timeout_s
@@ -127,6 +140,11 @@ class Client:
                 if exc.code() not in SAFE_RETRY or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+    def events(self, job_id: str, after_seq: int = 0) -> list[Event]:
+        """The job's events so far (does not wait for new ones)."""
+        req = coordinator_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq, replay_only=True)
+        return [_event(m) for m in self._stub.WatchJob(req, timeout=self.timeout_s, metadata=self._meta)]
 
     def wait(self, job_id: str, timeout_s: float = 7 * 24 * 3600) -> Job:
         """Block until the job ends; returns it (final metrics in ``job.metrics``); raises JobFailed on failure."""

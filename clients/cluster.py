@@ -140,24 +140,46 @@ class LocalCluster:
                 self._procs, self.members = [], []
 
     def _start_once(self, timeout_s: float) -> None:
-        resolved = self._resolve()
+        self.resolved = self._resolve()
         for m in self.members:
-            threads = str(default_threads(self.cfg, m.role))
-            env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
             m.log = str(self.state_dir / "logs" / f"{m.name}.log")
-            cmd = [sys.executable, "-m", "alignmesh.clients.cli", "serve", m.role, "--config", str(resolved),
-                   "--port", str(m.port), "--metrics-port", str(m.metrics_port)]
-            with open(m.log, "w") as log:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        preexec_fn=None if self.detach else _die_with_parent)
-            m.pid = proc.pid
-            self._procs.append(proc)
+            self._procs.append(self._spawn(m))
         self._write_state()
         try:
             self._wait_healthy(timeout_s)
         except BaseException:
             self.stop()
             raise
+
+    def _spawn(self, m: Member) -> subprocess.Popen:
+        threads = str(default_threads(self.cfg, m.role))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "alignmesh.clients.cli", "serve", m.role, "--config", str(self.resolved),
+               "--port", str(m.port), "--metrics-port", str(m.metrics_port)]
+        with open(m.log, "a") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=None if self.detach else _die_with_parent)
+        m.pid = proc.pid
+        return proc
+
+    def process(self, role: str, replica: int = 0) -> subprocess.Popen:
+        return self._procs[self._index(role, replica)]
+
+    def _index(self, role: str, replica: int) -> int:
+        return next(i for i, m in enumerate(self.members) if m.role == role and m.replica == replica)
+
+    def restart(self, role: str, replica: int = 0, timeout_s: float = 120.0) -> None:
+        """Start a member again (same ports) after it died or was stopped, and wait for its health."""
+        i = self._index(role, replica)
+        if self._procs[i].poll() is None:
+            raise RuntimeError(f"{role}-{replica} is still running")
+        self._procs[i] = self._spawn(self.members[i])
+        self._write_state()
+        deadline = time.monotonic() + timeout_s
+        while not health_ok(self.address(self.members[i])):
+            if self._procs[i].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{role}-{replica} did not come back (log: {self.members[i].log})")
+            time.sleep(0.2)
 
     def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -109,9 +109,12 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     reward_fn: str = ""
+    # Save a resumable checkpoint (trainer state + data cursor) every N steps of the main stage; 0 = only at the end.
+    checkpoint_every: int = 0
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
 
 
 def parse_job_config(text: str) -> JobConfig:

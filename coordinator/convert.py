@@ -110,7 +110,7 @@ from alignmesh.protos.coordinator.v1 import coordinator_pb2  # noqa: E402
 
 _STATES = {"queued": coordinator_pb2.JOB_STATE_QUEUED, "running": coordinator_pb2.JOB_STATE_RUNNING,
            "succeeded": coordinator_pb2.JOB_STATE_SUCCEEDED, "failed": coordinator_pb2.JOB_STATE_FAILED,
-           "cancelled": coordinator_pb2.JOB_STATE_CANCELLED}
+           "cancelled": coordinator_pb2.JOB_STATE_CANCELLED, "paused": coordinator_pb2.JOB_STATE_PAUSED}
 
 
 def job_to_proto(rec) -> coordinator_pb2.Job:

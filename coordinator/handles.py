@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alignmesh.coordinator import convert
 from alignmesh.protos.common.v1 import weights_pb2
@@ -33,6 +34,16 @@ class Endpoint:
     stub: object
     metadata: tuple = ()
     healthy: bool = True
+
+
+async def probe(ep: Endpoint, timeout_s: float = 2.0) -> bool:
+    """True when the replica's standard health check says SERVING."""
+    try:
+        resp = await health_pb2_grpc.HealthStub(ep.channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                  timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return False
+    return resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def open_channel(address: str, security: SecurityConfig) -> grpc.aio.Channel:

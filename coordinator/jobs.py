@@ -10,11 +10,12 @@ from pathlib import Path
 
 from alignmesh.coordinator import metrics as cmetrics
 from alignmesh.coordinator.config import JobConfig, parse_job_config
+from alignmesh.coordinator.flows.base import KNOBS, Control
 from alignmesh.coordinator.flows.registry import resolve
 from alignmesh.coordinator.runner import run_job
 from alignmesh.coordinator.store import FINAL, Event, JobRecord, JobStore
 from alignmesh.services.common.config import dump_yaml, from_dict
-from alignmesh.services.common.errors import FailedPrecondition, NotFound
+from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from alignmesh.services.common.settings import ClusterConfig
 
 log = logging.getLogger("alignmesh.jobs")
@@ -33,13 +34,15 @@ class JobManager:
         self.cluster, self.store = cluster, store
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._watchers: dict[str, list[asyncio.Queue]] = {}
-        self._cancel: dict[str, asyncio.Event] = {}
+        self._controls: dict[str, Control] = {}
         self._worker: asyncio.Task | None = None
 
     def start(self) -> None:
         for rec in self.store.list():  # jobs left queued or running by a previous coordinator process
-            if rec.state in ("queued", "running"):
-                self._cancel[rec.id] = asyncio.Event()
+            if rec.state in ("queued", "running", "paused"):
+                self._controls[rec.id] = Control()
+                if rec.state == "paused":
+                    self._controls[rec.id].running.clear()
                 self._queue.put_nowait(rec.id)
         self._worker = asyncio.create_task(self._work())
 
@@ -53,7 +56,7 @@ class JobManager:
         run_dir = str(Path(self.cluster.coordinator.runs_dir).expanduser().resolve() / job_id)
         rec = JobRecord(job_id, name or cfg.algorithm, "queued", dump_yaml(cfg), time.time(), run_dir=run_dir)
         self.store.create(rec)
-        self._cancel[job_id] = asyncio.Event()
+        self._controls[job_id] = Control()
         self.emit(job_id, "state", {"state": "queued"})
         self._queue.put_nowait(job_id)
         return rec
@@ -68,9 +71,46 @@ class JobManager:
         rec = self.get(job_id)
         if rec.state in FINAL:
             raise FailedPrecondition(f"job_id: job {job_id} already ended ({rec.state})")
-        self._cancel[job_id].set()
+        self._controls[job_id].cancel.set()
         if rec.state == "queued":
             self._finish(job_id, "cancelled", "")
+        return self.get(job_id)
+
+    def _live(self, job_id: str) -> tuple[JobRecord, Control]:
+        rec = self.get(job_id)
+        if rec.state in FINAL:
+            raise FailedPrecondition(f"job_id: job {job_id} already ended ({rec.state})")
+        return rec, self._controls[job_id]
+
+    def pause(self, job_id: str) -> JobRecord:
+        rec, control = self._live(job_id)
+        if control.running.is_set():
+            control.running.clear()
+            self.store.update(job_id, state="paused")
+            self.emit(job_id, "state", {"state": "paused"})
+        return self.get(job_id)
+
+    def resume(self, job_id: str) -> JobRecord:
+        rec, control = self._live(job_id)
+        if not control.running.is_set():
+            control.running.set()
+            state = "running" if rec.started_at else "queued"
+            self.store.update(job_id, state=state)
+            self.emit(job_id, "state", {"state": state})
+        return self.get(job_id)
+
+    def update(self, job_id: str, knobs: dict[str, float]) -> JobRecord:
+        _, control = self._live(job_id)
+        if not knobs:
+            raise InvalidArgument("knobs", f"is empty; set one of {sorted(KNOBS)}")
+        for name, value in knobs.items():
+            if name not in KNOBS:
+                raise InvalidArgument(f"knobs.{name}", f"unknown knob; live knobs are {sorted(KNOBS)}")
+            low, inclusive = KNOBS[name]
+            if value < low or (value == low and not inclusive):
+                raise InvalidArgument(f"knobs.{name}", f"must be {'>=' if inclusive else '>'} {low}, got {value}")
+        control.knobs.update(knobs)
+        self.emit(job_id, "update", {"metrics": dict(knobs), "message": f"knobs changed: {knobs}"})
         return self.get(job_id)
 
     def emit(self, job_id: str, kind: str, payload: dict) -> Event:
@@ -84,8 +124,12 @@ class JobManager:
             q.put_nowait(event)
         return event
 
-    async def watch(self, job_id: str, after_seq: int):
+    async def watch(self, job_id: str, after_seq: int, replay_only: bool = False):
         self.get(job_id)
+        if replay_only:
+            for ev in self.store.events(job_id, after_seq):
+                yield ev
+            return
         q: asyncio.Queue = asyncio.Queue()
         self._watchers.setdefault(job_id, []).append(q)
         try:
@@ -114,17 +158,19 @@ class JobManager:
             rec = self.get(job_id)
             if rec.state in FINAL:
                 continue
-            self.store.update(job_id, state="running", started_at=time.time())
-            self.emit(job_id, "state", {"state": "running"})
+            control = self._controls[job_id]
+            state = "running" if control.running.is_set() else "paused"
+            self.store.update(job_id, state=state, started_at=rec.started_at or time.time())
+            self.emit(job_id, "state", {"state": state})
             try:
-                await run_job(self, rec, self._cancel[job_id])
+                await run_job(self, self.get(job_id), control)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the job fails, the coordinator keeps serving
-                if self._cancel[job_id].is_set():
+                if control.cancel.is_set():
                     self._finish(job_id, "cancelled", "")
                 else:
                     log.exception("job %s failed", job_id)
                     self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
             else:
-                self._finish(job_id, "cancelled" if self._cancel[job_id].is_set() else "succeeded", "")
+                self._finish(job_id, "cancelled" if control.cancel.is_set() else "succeeded", "")

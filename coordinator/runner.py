@@ -1,15 +1,19 @@
-"""Runs one job: reset every role to the initial weights, optional warm start, the flow, the artifacts."""
+"""Runs one job: reset every role to the initial weights (or restore the last checkpoint of an interrupted run),
+optional warm start, the flow, periodic resumable checkpoints, the artifacts."""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
+import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from alignmesh.coordinator.artifacts import RunDir
 from alignmesh.coordinator.config import JobConfig, parse_job_config
 from alignmesh.coordinator.data import PromptSampler, Splits, addition_splits, load_hf_disk, load_jsonl
-from alignmesh.coordinator.artifacts import RunDir
-from alignmesh.coordinator.flows.base import Cancelled, FlowContext
+from alignmesh.coordinator.flows.base import Cancelled, Control, FlowContext
 from alignmesh.coordinator.flows.registry import resolve
 from alignmesh.coordinator.flows.sft import SFT, SFTParams
 from alignmesh.coordinator.handles import make_pools
@@ -40,21 +44,19 @@ def load_splits(cfg: JobConfig) -> Splits:
 async def _start_version(ctx: FlowContext) -> int:
     versions = [(await ctx.trainer.state()).weight_version]
     for pool in (ctx.rollout, ctx.reference):
-        for ep in pool.eps:
+        for ep in pool.healthy():
             v = await ep.stub.GetWeightVersion(weights_pb2.GetWeightVersionRequest(), timeout=30,
                                                metadata=ep.metadata)
             versions.append(v.version)
     return max(versions)
 
 
-async def _reset(ctx: FlowContext, model_path: str) -> None:
-    """Every job starts from the initial model: trainer loads it, rollout and reference receive it."""
-    await ctx.trainer.call("LoadCheckpoint", trainer_pb2.LoadCheckpointRequest(path=model_path))
-    ctx.version = await _start_version(ctx)
-    await ctx.push_weights(reference=True)
+async def _load(ctx: FlowContext, path: str) -> None:
+    await ctx.trainer.call("LoadCheckpoint", trainer_pb2.LoadCheckpointRequest(path=path))
+    ctx.version = max(ctx.version, await _start_version(ctx))
 
 
-async def _warm_start(ctx: FlowContext, rec: "JobRecord") -> None:
+async def _warm_start(ctx: FlowContext, run_dir: str) -> None:
     ws = ctx.config.warm_start
     params = SFTParams(ws.batch_size, ws.learning_rate, ws.target_dev_accuracy, ws.eval_every)
     main_params, main_sampler = ctx.params, ctx.sampler
@@ -62,14 +64,67 @@ async def _warm_start(ctx: FlowContext, rec: "JobRecord") -> None:
     ctx.sampler = PromptSampler(ctx.data.train, seed=ctx.config.seed + 1)
     await SFT(max_steps=ws.max_steps).run(ctx)
     # The warmed-up model becomes the reference and the new start; the main stage gets a fresh optimizer.
-    sft_dir = f"{rec.run_dir}/sft"
-    await ctx.trainer.save_checkpoint(sft_dir, export_hf=True)
-    await ctx.trainer.call("LoadCheckpoint", trainer_pb2.LoadCheckpointRequest(path=f"{sft_dir}/hf"))
+    await ctx.trainer.save_checkpoint(f"{run_dir}/sft", export_hf=True)
+    await _load(ctx, f"{run_dir}/sft/hf")
     await ctx.push_weights(reference=True)
     ctx.stage, ctx.params, ctx.sampler = "main", main_params, main_sampler
 
 
-async def run_job(manager: "JobManager", rec: "JobRecord", cancel: asyncio.Event) -> None:
+class Checkpointer:
+    """``checkpoints/step-N`` (trainer state, written atomically by the trainer), then ``latest.json`` (the
+    coordinator's cursor, version, knobs), replaced atomically: a crash at any point leaves a usable pair."""
+
+    def __init__(self, ctx: FlowContext, run_dir: str, keep: int = 2):
+        self.ctx, self.dir, self.keep = ctx, Path(run_dir) / "checkpoints", keep
+        self.accuracy_before = 0.0
+
+    def latest(self) -> dict | None:
+        path = self.dir / "latest.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    async def save(self, step: int) -> None:
+        ctx = self.ctx
+        path = self.dir / f"step-{step:06d}"
+        await ctx.trainer.save_checkpoint(str(path))
+        state = {"step": step, "path": str(path), "cursor": ctx.sampler.cursor, "version": ctx.version,
+                 "knobs": ctx.control.knobs, "accuracy_before": self.accuracy_before}
+        tmp = self.dir / "latest.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.dir / "latest.json")
+        for old in sorted(self.dir.glob("step-*"))[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        ctx.emit("checkpoint", {"stage": ctx.stage, "step": step, "message": f"checkpoint {path}"})
+
+    async def restore(self, state: dict, run_dir: str) -> None:
+        """Reference back to the warm-start model (if any), trainer and rollouts to the checkpoint."""
+        ctx = self.ctx
+        ctx.version = await _start_version(ctx)
+        sft = Path(run_dir) / "sft" / "hf"
+        if sft.is_dir():
+            await _load(ctx, str(sft))
+            await ctx.push_weights(reference=True, rollout=False)
+        await _load(ctx, state["path"])
+        await ctx.push_weights()
+        ctx.sampler.cursor, ctx.start_step = state["cursor"], state["step"]
+        ctx.control.knobs.update(state.get("knobs", {}))
+        self.accuracy_before = state["accuracy_before"]
+        ctx.log(f"resumed from checkpoint at step {state['step']}")
+
+
+async def _prepare(ctx: FlowContext, ckpt: Checkpointer, run_dir: str, model_path: str) -> None:
+    state = ckpt.latest()
+    if state is not None:
+        await ckpt.restore(state, run_dir)
+        return
+    await _load(ctx, model_path)  # every job starts from the initial model on every role
+    await ctx.push_weights(reference=True)
+    if ctx.config.warm_start is not None:
+        await _warm_start(ctx, run_dir)
+    ckpt.accuracy_before = await ctx.evaluate()
+    ctx.report_eval(0, {"accuracy": ckpt.accuracy_before})
+
+
+async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> None:
     cluster = manager.cluster
     cfg = parse_job_config(rec.config_yaml)
     flow_cls = resolve(cfg.algorithm)
@@ -92,18 +147,23 @@ async def run_job(manager: "JobManager", rec: "JobRecord", cancel: asyncio.Event
                       cfg.sync.backend)
     data = load_splits(cfg)
     ctx = FlowContext(cfg, params, rollout, reward, reference, trainer, tokenizer, data,
-                      PromptSampler(data.train, cfg.seed), sync, emit, cancel)
+                      PromptSampler(data.train, cfg.seed), sync, emit, control)
+    ckpt = Checkpointer(ctx, rec.run_dir)
+    every = cfg.checkpoint_every
+
+    async def on_step_end(step: int) -> None:
+        if every and step % every == 0 and step < cfg.steps:
+            await ckpt.save(step)
+
     try:
-        await _reset(ctx, model_path)
-        if cfg.warm_start is not None:
-            await _warm_start(ctx, rec)
-        before = await ctx.evaluate()
-        ctx.report_eval(0, {"accuracy": before})
+        await _prepare(ctx, ckpt, rec.run_dir, model_path)
+        ctx.on_step_end = on_step_end
         await flow_cls().run(ctx)
         after = await ctx.evaluate()
         ctx.report_eval(cfg.steps, {"accuracy": after})
-        summary = {"job_id": rec.id, "algorithm": cfg.algorithm, "accuracy_before": before, "accuracy_after": after,
-                   "steps": cfg.steps, "wall_seconds": time.time() - started, "run_dir": rec.run_dir}
+        summary = {"job_id": rec.id, "algorithm": cfg.algorithm, "accuracy_before": ckpt.accuracy_before,
+                   "accuracy_after": after, "steps": cfg.steps, "wall_seconds": time.time() - started,
+                   "run_dir": rec.run_dir}
         curve = run.plot()
         summary["curve_png"] = str(curve) if curve else ""
         path = run.write_summary(summary)

@@ -32,11 +32,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.ListJobsResponse(jobs=[convert.job_to_proto(r) for r in self.manager.store.list()])
 
     async def WatchJob(self, request, context):
-        async for ev in self.manager.watch(request.job_id, request.after_seq):
+        async for ev in self.manager.watch(request.job_id, request.after_seq, request.replay_only):
             yield convert.event_to_proto(ev)
 
     async def CancelJob(self, request, context):
         return convert.job_to_proto(self.manager.cancel(request.job_id))
+
+    async def PauseJob(self, request, context):
+        return convert.job_to_proto(self.manager.pause(request.job_id))
+
+    async def ResumeJob(self, request, context):
+        return convert.job_to_proto(self.manager.resume(request.job_id))
+
+    async def UpdateJob(self, request, context):
+        return convert.job_to_proto(self.manager.update(request.job_id, dict(request.knobs)))
 
 
 def build_coordinator(cluster: ClusterConfig):

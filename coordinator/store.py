@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS events (
   PRIMARY KEY (job_id, seq));
 """
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATES = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
 
 

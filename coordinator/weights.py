@@ -14,10 +14,10 @@ import grpc
 import torch.distributed as dist
 
 from alignmesh.coordinator import convert
-from alignmesh.coordinator.handles import Endpoint, TrainerHandle
+from alignmesh.coordinator.handles import Endpoint, Pool, TrainerHandle, probe
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2
-from alignmesh.services.common.errors import Aborted
+from alignmesh.services.common.errors import Aborted, Unavailable
 from alignmesh.services.sync.group import GroupSpec
 
 log = logging.getLogger("alignmesh.weights")
@@ -41,7 +41,7 @@ class WeightSync:
         self.bucket_bytes, self.timeout_s, self.backend = bucket_bytes, timeout_s, backend
         self._store = dist.TCPStore(store_host, 0, None, True, dt.timedelta(seconds=timeout_s),
                                     wait_for_workers=False)
-        self._groups: dict[str, str] = {}
+        self._groups: dict[str, tuple[str, tuple[str, ...]]] = {}  # name -> (group id, member addresses)
         self._manifest: weights_pb2.WeightManifest | None = None
 
     async def _rpc(self, ep: Endpoint, method: str, request, timeout: float):
@@ -60,15 +60,41 @@ class WeightSync:
         calls += [self._rpc(ep, "JoinSyncGroup", convert.join_request(spec(i + 1)), deadline)
                   for i, ep in enumerate(receivers)]
         await _all_or_raise(calls, f"forming sync group {group_id}")
-        self._groups[name] = group_id
+        self._groups[name] = (group_id, tuple(ep.address for ep in receivers))
         log.info("sync group %s formed: trainer + %d receivers", group_id, len(receivers))
         return group_id
 
-    async def push(self, name: str, receivers: list[Endpoint], version: int) -> SyncResult:
-        """Send the trainer's current weights to ``receivers`` as ``version``; all commit or none does."""
-        if name not in self._groups:
+    async def push(self, name: str, pool: Pool, version: int) -> SyncResult:
+        """Send the trainer's weights as ``version`` to the pool's healthy replicas; all commit or none does.
+
+        A replica marked down whose health check passes again is re-admitted: the group is formed anew with it.
+        When a push fails, replicas that no longer answer health checks are marked down and the push is retried
+        once with the others.
+        """
+        for ep in pool.eps:
+            if not ep.healthy and await probe(ep):
+                log.info("%s replica %d (%s) is back; re-admitting it", ep.role, ep.replica, ep.address)
+                ep.healthy = True
+        members = [ep for ep in pool.eps if ep.healthy]
+        if not members:
+            raise Unavailable(f"no healthy {name} replica to receive weights")
+        try:
+            return await self._push_to(name, members, version)
+        except Aborted:
+            alive = [ep for ep in members if await probe(ep)]
+            if len(alive) == len(members) or not alive:
+                raise
+            for ep in members:
+                ep.healthy = ep in alive
+            log.warning("%s replicas down after a failed push: %s", name,
+                        [ep.address for ep in members if ep not in alive])
+            return await self._push_to(name, alive, version)
+
+    async def _push_to(self, name: str, receivers: list[Endpoint], version: int) -> SyncResult:
+        key = tuple(ep.address for ep in receivers)
+        if self._groups.get(name, ("", ()))[1] != key:
             await self.form(name, receivers)
-        group_id = self._groups[name]
+        group_id = self._groups[name][0]
         if self._manifest is None:
             self._manifest = await self.trainer.manifest(self.bucket_bytes)
         start = time.perf_counter()

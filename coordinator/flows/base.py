@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 import torch
 
@@ -31,6 +32,22 @@ class Cancelled(Exception):
     """Raised inside a flow when its job is cancelled."""
 
 
+KNOBS = {"learning_rate": (0.0, False), "kl_coef": (0.0, True), "temperature": (0.0, False),
+         "eval_every": (1.0, True)}  # name -> (lower bound, bound inclusive)
+
+
+@dataclass
+class Control:
+    """Live control of a running job: cancel, pause/resume, knob overrides (set by the job API)."""
+
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    running: asyncio.Event = field(default_factory=asyncio.Event)  # cleared while paused
+    knobs: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.running.set()
+
+
 @dataclass
 class FlowContext:
     config: JobConfig
@@ -44,9 +61,11 @@ class FlowContext:
     sampler: PromptSampler
     sync: WeightSync
     emit: Callable[[str, dict], None]  # (kind, payload) -> job event
-    cancel_event: asyncio.Event
+    control: Control
     stage: str = "main"
     version: int = 0
+    start_step: int = 0  # steps already done (a resumed job)
+    on_step_end: Callable[[int], Awaitable[None]] | None = None
     phases: dict[str, float] = field(default_factory=dict)
 
     # -- data ---------------------------------------------------------------------------------------------
@@ -68,6 +87,11 @@ class FlowContext:
     def completions(self, ids: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
         return [row[:n].tolist() for row, n in zip(ids, lengths)]
 
+    @staticmethod
+    def fingerprint(examples: list[Example]) -> float:
+        """CRC-32 of the step's prompts in order (exact as a float): audits data order across resumes."""
+        return float(zlib.crc32("\x1f".join(e.prompt for e in examples).encode()))
+
     def sequences(self, prompts: list[list[int]], completions: list[list[int]]) -> sequences.SequenceBatch:
         return sequences.build(prompts, completions, int(self.tokenizer.pad_token_id))
 
@@ -76,12 +100,18 @@ class FlowContext:
         return await self.reward.score(items, self.config.reward_fn)
 
     # -- weights ------------------------------------------------------------------------------------------
-    async def push_weights(self, reference: bool = False) -> SyncResult:
-        """Publish the trainer's weights to every rollout replica (and the reference model if asked)."""
+    async def push_weights(self, reference: bool = False, rollout: bool = True) -> SyncResult | None:
+        """Publish the trainer's weights to every healthy rollout replica (and the reference if asked).
+
+        Replicas marked down are re-admitted here once their health check passes: they rejoin the sync group and
+        receive the current weights before they serve again.
+        """
         self.version += 1
-        result = await self.sync.push("rollout", self.rollout.eps, self.version)
+        result = None
+        if rollout:
+            result = await self.sync.push("rollout", self.rollout, self.version)
         if reference:
-            await self.sync.push("reference", self.reference.eps, self.version)
+            await self.sync.push("reference", self.reference, self.version)
         return result
 
     # -- evaluation ---------------------------------------------------------------------------------------
@@ -102,14 +132,25 @@ class FlowContext:
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
 
+    def live(self, knob: str, default: float) -> float:
+        """The job's current value of a live knob (changed by UpdateJob), else ``default``."""
+        return self.control.knobs.get(knob, default)
+
     async def steps(self, total: int) -> AsyncIterator[int]:
-        """Yield step numbers 1..total; raises Cancelled when the job is cancelled."""
-        for step in range(1, total + 1):
-            if self.cancel_event.is_set():
+        """Yield step numbers after ``start_step`` up to ``total``; waits while paused; raises Cancelled."""
+        for step in range(self.start_step + 1, total + 1):
+            while not self.control.running.is_set() and not self.control.cancel.is_set():
+                waits = [asyncio.ensure_future(self.control.running.wait()),
+                         asyncio.ensure_future(self.control.cancel.wait())]
+                _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for fut in pending:
+                    fut.cancel()
+            if self.control.cancel.is_set():
                 raise Cancelled()
             self.phases = {}
             yield step
-            await asyncio.sleep(0)
+            if self.on_step_end is not None:
+                await self.on_step_end(step)
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         timings = {f"time_{k}": v for k, v in self.phases.items()}

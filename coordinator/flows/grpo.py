@@ -40,7 +40,7 @@ class GRPO:
                 examples = ctx.sampler.take(p.prompts_per_step)
                 prompts = ctx.encode(examples)
                 out = await ctx.rollout.generate(prompts, n=p.group_size, seed=ctx.config.seed * 100_003 + step,
-                                                 temperature=s.temperature, top_p=s.top_p,
+                                                 temperature=ctx.live("temperature", s.temperature), top_p=s.top_p,
                                                  max_new_tokens=s.max_new_tokens)
             with ctx.phase("reward"):
                 group_of = [e for e in examples for _ in range(p.group_size)]
@@ -51,24 +51,27 @@ class GRPO:
             batch = ctx.sequences([q for q in prompts for _ in range(p.group_size)],
                                   ctx.completions(out.completion_ids, out.lengths))
             metrics = {"reward_mean": float(rewards.mean()), "informative_groups": float(keep.sum()) / p.group_size,
+                       "samples": float(out.lengths.numel()), "prompt_crc": ctx.fingerprint(examples),
                        "version_lag": float((ctx.version - out.versions).float().mean()),
                        "completion_tokens": float(out.lengths.sum())}
+            kl_coef = ctx.live("kl_coef", p.kl_coef)
             if keep.any():
                 batch, adv = batch.select(keep), advantages[keep]
                 ref = None
-                if p.kl_coef > 0:
+                if kl_coef > 0:
                     with ctx.phase("reference"):
                         ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask)
                 with ctx.phase("train"):
                     _, train = await ctx.trainer.train_step(
                         batch.input_ids, batch.attention_mask, batch.loss_mask, adv, ref,
-                        loss=dict(name="policy_gradient", clip_eps=p.clip_eps, kl_coef=p.kl_coef, epochs=p.epochs,
-                                  micro_batch_size=p.micro_batch_size), learning_rate=p.learning_rate)
+                        loss=dict(name="policy_gradient", clip_eps=p.clip_eps, kl_coef=kl_coef, epochs=p.epochs,
+                                  micro_batch_size=p.micro_batch_size),
+                        learning_rate=ctx.live("learning_rate", p.learning_rate))
                 with ctx.phase("sync"):
                     synced = await ctx.push_weights()
                 metrics.update(train, sync_bytes=float(synced.bytes), sync_ms=synced.seconds * 1000)
             ctx.report(step, metrics)
-            if step % ctx.config.eval.every == 0 and step < ctx.config.steps:
+            if step % int(ctx.live("eval_every", ctx.config.eval.every)) == 0 and step < ctx.config.steps:
                 ctx.report_eval(step, {"accuracy": await ctx.evaluate()})
 
 

@@ -59,6 +59,21 @@ class CoordinatorServiceStub:
                 request_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.FromString,
                 _registered_method=True)
+        self.PauseJob = channel.unary_unary(
+                '/alignmesh.coordinator.v1.CoordinatorService/PauseJob',
+                request_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.PauseJobRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/alignmesh.coordinator.v1.CoordinatorService/ResumeJob',
+                request_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.FromString,
+                _registered_method=True)
+        self.UpdateJob = channel.unary_unary(
+                '/alignmesh.coordinator.v1.CoordinatorService/UpdateJob',
+                request_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.UpdateJobRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -95,6 +110,26 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseJob(self, request, context):
+        """Holds the job between steps; ResumeJob lets it continue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateJob(self, request, context):
+        """Changes live knobs from the next step on; each change is recorded as an event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +156,21 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
                     request_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.CancelJobRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
+            ),
+            'PauseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJob,
+                    request_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.PauseJobRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ResumeJobRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
+            ),
+            'UpdateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateJob,
+                    request_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.UpdateJobRequest.FromString,
                     response_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
             ),
     }
@@ -258,6 +308,87 @@ class CoordinatorService:
             target,
             '/alignmesh.coordinator.v1.CoordinatorService/CancelJob',
             alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.CancelJobRequest.SerializeToString,
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.coordinator.v1.CoordinatorService/PauseJob',
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.PauseJobRequest.SerializeToString,
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.coordinator.v1.CoordinatorService/ResumeJob',
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ResumeJobRequest.SerializeToString,
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.coordinator.v1.CoordinatorService/UpdateJob',
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.UpdateJobRequest.SerializeToString,
             alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.FromString,
             options,
             channel_credentials,
