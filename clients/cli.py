@@ -84,7 +84,7 @@ def _submit(args) -> int:
         if args.watch:
             from alignmesh.clients.progress import print_events
 
-            print_events(c.watch(job.id))
+            print_events(c.watch(job.id), total=_total_steps(job))
             return 0 if c.get(job.id).state == "succeeded" else 1
     return 0
 
@@ -96,12 +96,24 @@ def _jobs(args) -> int:
     return 0
 
 
+def _total_steps(job) -> int:
+    import yaml
+
+    try:
+        return int((yaml.safe_load(job.config_yaml) or {}).get("steps", 0))
+    except (yaml.YAMLError, TypeError, ValueError):
+        return 0
+
+
 def _watch(args) -> int:
     from alignmesh.clients.progress import print_events
 
     with _client(args) as c:
-        print_events(c.watch(args.job_id))
-    return 0
+        print_events(c.watch(args.job_id), total=_total_steps(c.get(args.job_id)))
+        job = c.get(args.job_id)
+    print(f"{job.id} {job.state} at step {job.step}: " + "  ".join(f"{k} {v:.4g}" for k, v in
+                                                                   sorted(job.metrics.items())))
+    return 0 if job.state == "succeeded" else 1
 
 
 def _cancel(args) -> int:

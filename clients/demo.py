@@ -24,6 +24,12 @@ def demo_job_text(path: str | None) -> str:
     return files("alignmesh").joinpath("examples/grpo_addition.yaml").read_text()
 
 
+def _steps(config_yaml: str) -> int:
+    import yaml
+
+    return int((yaml.safe_load(config_yaml) or {}).get("steps", 0))
+
+
 def table(summary: dict) -> str:
     before, after = summary["accuracy_before"], summary["accuracy_after"]
     rows = [("", "held-out greedy accuracy"), ("before GRPO (after SFT)", f"{before:.3f}"),
@@ -43,7 +49,7 @@ def run_demo(config: str | None, job_config: str | None, out: str) -> int:
         print(f"cluster up in {time.time() - t0:.1f}s; submitting the job", flush=True)
         with Client(cluster.coordinator_address()) as client:
             job = client.submit(demo_job_text(job_config), name="demo")
-            print_events(client.watch(job.id), every=10)
+            print_events(client.watch(job.id), every=10, total=_steps(job.config_yaml))
             job = client.get(job.id)
     if job.state != "succeeded":
         print(f"job {job.id} {job.state}: {job.error}")

@@ -9,23 +9,32 @@ from alignmesh.clients.client import Event
 PHASES = ("generate", "reward", "reference", "train", "sync")
 
 
-def step_line(ev: Event) -> str:
+def progress(step: int, total: int, width: int = 20) -> str:
+    """``/total [#####.....]`` for a known step count, else empty."""
+    if total <= 0:
+        return ""
+    done = min(width, int(width * step / total))
+    return f"/{total} [{'#' * done}{'.' * (width - done)}]"
+
+
+def step_line(ev: Event, total_steps: int = 0) -> str:
     m = ev.metrics
     if ev.stage == "sft":
         return f"[sft ] step {ev.step:4d}  nll {m.get('nll', 0):.3f}"
-    total = sum(m.get(f"time_{p}", 0.0) for p in PHASES) or 1e-9
+    seconds = sum(m.get(f"time_{p}", 0.0) for p in PHASES) or 1e-9
     split = " ".join(f"{p[:3]} {m.get(f'time_{p}', 0.0) * 1000:4.0f}" for p in PHASES)
-    tps = m.get("completion_tokens", 0.0) / total
-    return (f"[{ev.stage[:4]:<4}] step {ev.step:4d}  reward {m.get('reward_mean', 0):.3f}  kl {m.get('kl', 0):.4f}  "
+    tps = m.get("completion_tokens", 0.0) / seconds
+    return (f"[{ev.stage[:4]:<4}] step {ev.step:4d}{progress(ev.step, total_steps)}  reward {m.get('reward_mean', 0):.3f}  kl {m.get('kl', 0):.4f}  "
             f"tok/s {tps:7.0f}  ms: {split}")
 
 
-def print_events(events: Iterable[Event], every: int = 1) -> None:
+def print_events(events: Iterable[Event], every: int = 1, total: int = 0) -> None:
+    """One line per ``every`` steps (with a progress bar when ``total`` is known), evals, state changes, logs."""
     for ev in events:
         if ev.kind == "step" and (ev.step % every == 0 or ev.step == 1):
-            print(step_line(ev), flush=True)
+            print(step_line(ev, total), flush=True)
         elif ev.kind == "eval":
             vals = "  ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items())
             print(f"[{ev.stage[:4]:<4}] eval at step {ev.step}: {vals}", flush=True)
-        elif ev.kind in ("state", "log"):
+        elif ev.kind in ("state", "log", "update", "checkpoint"):
             print(f"[job ] {ev.state or ''} {ev.message}".rstrip(), flush=True)

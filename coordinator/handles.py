@@ -133,7 +133,12 @@ class RolloutPool(Pool):
 
 
 class RewardPool(Pool):
+    """Stateless scorers: a replica marked down is re-admitted as soon as its health check passes."""
+
     async def score(self, items: list[tuple[str, str, dict[str, str]]], reward_fn: str = "") -> torch.Tensor:
+        for ep in self.eps:
+            if not ep.healthy and await probe(ep, timeout_s=0.5):
+                ep.healthy = True
         chunks = _split(len(items), len(self.healthy()))
         parts = await asyncio.gather(*(self.call("Score", convert.score_request(items[lo:hi], reward_fn), first=k)
                                        for k, (lo, hi) in enumerate(chunks)))
