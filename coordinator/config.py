@@ -109,12 +109,17 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     reward_fn: str = ""
+    # Initial model of every role for this job (a local HF directory); empty = the cluster's model.
+    init: str = ""
     # Save a resumable checkpoint (trainer state + data cursor) every N steps of the main stage; 0 = only at the end.
     checkpoint_every: int = 0
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
         _check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        if self.init:
+            _check((Path(self.init).expanduser() / "config.json").is_file(), "init",
+                   f"{self.init} is not a model directory (no config.json)")
 
 
 def parse_job_config(text: str) -> JobConfig:

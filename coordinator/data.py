@@ -96,3 +96,40 @@ class PromptSampler:
             out.extend(self.examples[i] for i in chunk)
             self.cursor += len(chunk)
         return out
+
+
+@dataclass(frozen=True)
+class Preference:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def load_preferences_jsonl(path: str | Path, field: str = "params.pairs") -> list[Preference]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{field}: file {p} not found")
+    out = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out.append(Preference(str(row["prompt"]), str(row["chosen"]), str(row["rejected"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{field}: {p} line {n}: need 'prompt', 'chosen' and 'rejected' ({exc})") from None
+    if not out:
+        raise ConfigError(f"{field}: {p} holds no pairs")
+    return out
+
+
+def answer_preferences(examples: list[Example], seed: int) -> list[Preference]:
+    """Synthetic pairs for a task with known answers: the answer is chosen, a near miss rejected."""
+    rng = random.Random(seed)
+    out = []
+    for e in examples:
+        wrong = e.answer
+        while wrong == e.answer or wrong.startswith("-"):
+            wrong = str(int(e.answer) + rng.choice((-10, -1, 1, 10))) if e.answer.isdigit() else e.answer + "0"
+        out.append(Preference(e.prompt, e.answer, wrong))
+    return out

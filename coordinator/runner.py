@@ -116,7 +116,7 @@ async def _prepare(ctx: FlowContext, ckpt: Checkpointer, run_dir: str, model_pat
     if state is not None:
         await ckpt.restore(state, run_dir)
         return
-    await _load(ctx, model_path)  # every job starts from the initial model on every role
+    await _load(ctx, ctx.config.init or model_path)  # every job starts from its initial model on every role
     await ctx.push_weights(reference=True)
     if ctx.config.warm_start is not None:
         await _warm_start(ctx, run_dir)

@@ -24,3 +24,32 @@ def group_normalized_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale:
 def informative_groups(rewards: torch.Tensor) -> torch.Tensor:
     """[P, G] -> bool [P]: True where the group's rewards are not all equal (it carries a learning signal)."""
     return (rewards != rewards[:, :1]).any(dim=1)
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): each sample's baseline is the mean of the *other*
+    samples of its prompt:  A_ij = r_ij - (1/(G-1)) sum_{k != j} r_ik.   rewards: [P, G] (G >= 2) -> [P, G]."""
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be [P, G] with G >= 2, got shape {list(rewards.shape)}")
+    g = rewards.shape[1]
+    others = (rewards.sum(dim=1, keepdim=True) - rewards) / (g - 1)
+    return rewards - others
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                            mask: torch.Tensor, kl_coef: float, eps: float = 1e-8) -> torch.Tensor:
+    """REINFORCE++ (Hu 2025): token returns with a per-token KL penalty, whitened over the whole batch.
+
+        k_t = logprobs_t - ref_logprobs_t                      (k1 estimate of the KL at token t)
+        G_t = r - beta * sum_{t' >= t} k_t'                   (undiscounted return; r arrives at the last token)
+        A   = (G - mean(G)) / (std(G) + eps)                   (mean and std over all masked tokens)
+
+    rewards [B]; logprobs, ref_logprobs, mask [B, L] over completion tokens -> advantages [B, L] (0 off mask).
+    """
+    mask = mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * mask
+    returns = rewards.unsqueeze(1) - kl_coef * torch.flip(torch.cumsum(torch.flip(kl, [1]), dim=1), [1])
+    valid = mask > 0
+    mean = returns[valid].mean()
+    std = returns[valid].std() if valid.sum() > 1 else torch.zeros((), dtype=returns.dtype)
+    return torch.where(valid, (returns - mean) / (std + eps), torch.zeros_like(returns))

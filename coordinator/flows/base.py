@@ -99,6 +99,19 @@ class FlowContext:
         items = [(e.prompt, t, {"answer": e.answer}) for e, t in zip(examples, texts)]
         return await self.reward.score(items, self.config.reward_fn)
 
+    async def sample(self, examples: list[Example], n: int, step: int):
+        """Generate ``n`` samples per prompt (all rollout replicas) and score them: (prompts, rollouts, rewards)."""
+        s = self.config.sampling
+        with self.phase("generate"):
+            prompts = self.encode(examples)
+            out = await self.rollout.generate(prompts, n=n, seed=self.config.seed * 100_003 + step,
+                                              temperature=self.live("temperature", s.temperature), top_p=s.top_p,
+                                              max_new_tokens=s.max_new_tokens)
+        with self.phase("reward"):
+            rewards = await self.score([e for e in examples for _ in range(n)],
+                                       self.decode(out.completion_ids, out.lengths))
+        return prompts, out, rewards
+
     # -- weights ------------------------------------------------------------------------------------------
     async def push_weights(self, reference: bool = False, rollout: bool = True) -> SyncResult | None:
         """Publish the trainer's weights to every healthy rollout replica (and the reference if asked).

@@ -34,17 +34,9 @@ class GRPO:
 
     async def run(self, ctx: FlowContext) -> None:
         p: GRPOParams = ctx.params
-        s = ctx.config.sampling
         async for step in ctx.steps(ctx.config.steps):
-            with ctx.phase("generate"):
-                examples = ctx.sampler.take(p.prompts_per_step)
-                prompts = ctx.encode(examples)
-                out = await ctx.rollout.generate(prompts, n=p.group_size, seed=ctx.config.seed * 100_003 + step,
-                                                 temperature=ctx.live("temperature", s.temperature), top_p=s.top_p,
-                                                 max_new_tokens=s.max_new_tokens)
-            with ctx.phase("reward"):
-                group_of = [e for e in examples for _ in range(p.group_size)]
-                rewards = await ctx.score(group_of, ctx.decode(out.completion_ids, out.lengths))
+            examples = ctx.sampler.take(p.prompts_per_step)
+            prompts, out, rewards = await ctx.sample(examples, p.group_size, step)
             grouped = rewards.view(p.prompts_per_step, p.group_size)
             advantages = group_normalized_advantages(grouped, p.adv_eps).view(-1)
             keep = informative_groups(grouped).repeat_interleave(p.group_size)

@@ -17,11 +17,16 @@ def register(name: str):
 
 
 def _builtins() -> None:
+    from alignmesh.coordinator.flows.dpo import DPO
     from alignmesh.coordinator.flows.grpo import GRPO
+    from alignmesh.coordinator.flows.online_dpo import OnlineDPO
+    from alignmesh.coordinator.flows.reinforce_pp import ReinforcePP
+    from alignmesh.coordinator.flows.rloo import RLOO
     from alignmesh.coordinator.flows.sft import SFT
 
-    FLOWS.setdefault("grpo", GRPO)
-    FLOWS.setdefault("sft", SFT)
+    for name, cls in (("grpo", GRPO), ("sft", SFT), ("rloo", RLOO), ("reinforce_pp", ReinforcePP),
+                      ("online_dpo", OnlineDPO), ("dpo", DPO)):
+        FLOWS.setdefault(name, cls)
 
 
 def resolve(name: str):

@@ -29,3 +29,21 @@ def build(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -
         mask[i, :len(p) + len(c)] = 1
         loss_mask[i, len(p):len(p) + len(c)] = 1.0
     return SequenceBatch(ids, mask, loss_mask)
+
+
+def place(values: torch.Tensor, prompt_lengths: list[int], width: int) -> torch.Tensor:
+    """Put completion-aligned values [B, L] at their token positions in a [B, width] sequence batch."""
+    out = torch.zeros((values.shape[0], width), dtype=values.dtype)
+    for i, start in enumerate(prompt_lengths):
+        n = min(values.shape[1], width - start)
+        out[i, start:start + n] = values[i, :n]
+    return out
+
+
+def take(values: torch.Tensor, prompt_lengths: list[int], length: int) -> torch.Tensor:
+    """The inverse of ``place``: completion-aligned [B, length] from a [B, T] sequence batch."""
+    out = torch.zeros((values.shape[0], length), dtype=values.dtype)
+    for i, start in enumerate(prompt_lengths):
+        n = min(length, values.shape[1] - start)
+        out[i, :n] = values[i, start:start + n]
+    return out

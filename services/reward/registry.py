@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -53,6 +54,7 @@ def load_callable(ref: str) -> Callable:
             if spec is None or not path.is_file():
                 raise FileNotFoundError(path)
             module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(module_ref)

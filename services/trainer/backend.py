@@ -30,7 +30,10 @@ class LossSpec:
     clip_eps: float = 0.2
     kl_coef: float = 0.0
     epochs: int = 1
-    micro_batch_size: int = 0  # 0 = whole batch
+    micro_batch_size: int = 0  # 0 = whole batch (dpo always uses the whole batch: pairs stay together)
+    beta: float = 0.1
+    variant: str = "sigmoid"
+    label_smoothing: float = 0.0
 
 
 @dataclass

@@ -43,7 +43,12 @@ def experience_from_proto(req: trainer_pb2.TrainStepRequest, vocab_size: int) ->
 
 def loss_from_proto(msg: trainer_pb2.LossSpec) -> LossSpec:
     spec = LossSpec(name=msg.name or "policy_gradient", clip_eps=msg.clip_eps or 0.2, kl_coef=msg.kl_coef,
-                    epochs=msg.epochs or 1, micro_batch_size=msg.micro_batch_size)
+                    epochs=msg.epochs or 1, micro_batch_size=msg.micro_batch_size, beta=msg.beta or 0.1,
+                    variant=msg.variant or "sigmoid", label_smoothing=msg.label_smoothing)
+    if spec.variant not in ("sigmoid", "ipo"):
+        raise InvalidArgument("loss.variant", f"must be sigmoid or ipo, got {spec.variant!r}")
+    if not 0 <= spec.label_smoothing < 0.5 or spec.beta <= 0:
+        raise InvalidArgument("loss.beta", "beta must be > 0 and label_smoothing in [0, 0.5)")
     if spec.kl_coef < 0:
         raise InvalidArgument("loss.kl_coef", f"must be >= 0, got {spec.kl_coef}")
     if spec.micro_batch_size < 0 or spec.epochs < 1:

@@ -61,3 +61,33 @@ def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, normalizer: float | tor
     mask = mask.to(logprobs.dtype)
     loss = -(logprobs * mask).sum() / _norm(mask, normalizer)
     return loss, {"nll": loss.detach()}
+
+
+def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of per-token log-probabilities over the masked (completion) tokens: [B, T] -> [B]."""
+    return (logprobs * mask.to(logprobs.dtype)).sum(dim=-1)
+
+
+def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+             beta: float, variant: str = "sigmoid", label_smoothing: float = 0.0,
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Preference losses on sequence log-probabilities, all [P] -> scalar.
+
+        h = (chosen - ref_chosen) - (rejected - ref_rejected)
+        sigmoid (DPO, Rafailov et al. 2023), with label smoothing e (conservative DPO):
+            L = -(1 - e) log sigma(beta h) - e log sigma(-beta h)
+        ipo (Azar et al. 2023):  L = (h - 1 / (2 beta))^2
+
+    Stats: ``reward_margin`` = mean beta h, ``pref_accuracy`` = share of pairs with h > 0.
+    """
+    h = (chosen - ref_chosen) - (rejected - ref_rejected)
+    if variant == "sigmoid":
+        losses = -(1 - label_smoothing) * torch.nn.functional.logsigmoid(beta * h) \
+            - label_smoothing * torch.nn.functional.logsigmoid(-beta * h)
+    elif variant == "ipo":
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    else:
+        raise ValueError(f"variant must be sigmoid or ipo, got {variant!r}")
+    with torch.no_grad():
+        stats = {"reward_margin": (beta * h).mean(), "pref_accuracy": (h > 0).float().mean()}
+    return losses.mean(), stats

@@ -17,7 +17,7 @@ from alignmesh.services.trainer import checkpoint, losses
 from alignmesh.services.trainer.backend import (CheckpointInfo, Experience, LossSpec, TrainerStateInfo,
                                                 register)
 
-LOSS_NAMES = ("policy_gradient", "sft")
+LOSS_NAMES = ("policy_gradient", "sft", "dpo")
 
 
 @register("torch")
@@ -43,6 +43,9 @@ class TorchTrainerBackend:
             raise InvalidArgument("loss.name", f"unknown loss {loss.name!r}; known: {list(LOSS_NAMES)}")
         if loss.name == "policy_gradient" and batch.advantages is None:
             raise InvalidArgument("advantages", "required by the policy_gradient loss")
+        if loss.name == "dpo" and (batch.ref_logprobs is None or batch.input_ids.shape[0] % 2):
+            raise InvalidArgument("ref_logprobs", "the dpo loss needs ref_logprobs and an even batch "
+                                                  "(chosen rows first, then their rejected rows)")
         with self.lock:
             if learning_rate is not None:
                 for g in self.optimizer.param_groups:
@@ -51,7 +54,7 @@ class TorchTrainerBackend:
             old = self._old_logprobs(batch, loss) if loss.name == "policy_gradient" and loss.epochs > 1 else None
             stats: dict[str, float] = {}
             for _ in range(max(1, loss.epochs)):
-                stats = self._one_update(batch, loss, old)
+                stats = self._dpo_update(batch, loss) if loss.name == "dpo" else self._one_update(batch, loss, old)
             self.step += 1
             stats["lr"] = self.optimizer.param_groups[0]["lr"]
             return self.step, stats
@@ -89,6 +92,20 @@ class TorchTrainerBackend:
         totals["grad_norm"] = float(grad_norm)
         totals["tokens"] = float(normalizer)
         return totals
+
+    def _dpo_update(self, batch: Experience, loss: LossSpec) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        logp = token_logprobs(self.model, batch.input_ids, batch.attention_mask)
+        seq = losses.sequence_logprobs(logp, batch.loss_mask)
+        ref = losses.sequence_logprobs(batch.ref_logprobs, batch.loss_mask)
+        half = seq.shape[0] // 2
+        value, stats = losses.dpo_loss(seq[:half], seq[half:], ref[:half], ref[half:], loss.beta, loss.variant,
+                                       loss.label_smoothing)
+        value.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return {"loss": float(value.detach()), **{k: float(v) for k, v in stats.items()},
+                "grad_norm": float(grad_norm), "pairs": float(half)}
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str, export_hf: bool) -> CheckpointInfo:

@@ -9,18 +9,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LossSpec(_message.Message):
-    __slots__ = ("name", "clip_eps", "kl_coef", "epochs", "micro_batch_size")
+    __slots__ = ("name", "clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLIP_EPS_FIELD_NUMBER: _ClassVar[int]
     KL_COEF_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MICRO_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     name: str
     clip_eps: float
     kl_coef: float
     epochs: int
     micro_batch_size: int
-    def __init__(self, name: _Optional[str] = ..., clip_eps: _Optional[float] = ..., kl_coef: _Optional[float] = ..., epochs: _Optional[int] = ..., micro_batch_size: _Optional[int] = ...) -> None: ...
+    beta: float
+    variant: str
+    label_smoothing: float
+    def __init__(self, name: _Optional[str] = ..., clip_eps: _Optional[float] = ..., kl_coef: _Optional[float] = ..., epochs: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., beta: _Optional[float] = ..., variant: _Optional[str] = ..., label_smoothing: _Optional[float] = ...) -> None: ...
 
 class TrainStepRequest(_message.Message):
     __slots__ = ("input_ids", "attention_mask", "loss_mask", "advantages", "ref_logprobs", "loss", "learning_rate")

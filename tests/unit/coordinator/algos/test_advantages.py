@@ -33,3 +33,27 @@ def test_unscaled_is_mean_centered_only_and_shape_checked():
     assert torch.equal(group_normalized_advantages(r, scale=False), torch.tensor([[1.0, -1.0]]))
     with pytest.raises(ValueError, match=r"rewards must be \[P, G\]"):
         group_normalized_advantages(torch.ones(4))
+
+
+def test_rloo_leave_one_out_by_hand():
+    from alignmesh.coordinator.algos.advantages import rloo_advantages
+
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    # sample 0: 1 - (0 + 0 + 1) / 3 = 2/3 ; sample 1: 0 - (1 + 0 + 1) / 3 = -2/3
+    assert torch.allclose(rloo_advantages(r), torch.tensor([[2 / 3, -2 / 3, -2 / 3, 2 / 3], [0.0, 0.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError):
+        rloo_advantages(torch.ones(3, 1))
+
+
+def test_reinforce_pp_returns_kl_penalty_and_whitening_by_hand():
+    from alignmesh.coordinator.algos.advantages import reinforce_pp_advantages
+
+    rewards = torch.tensor([1.0, 0.0])
+    logp = torch.tensor([[-1.0, -1.0, 0.0], [-2.0, 0.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0], [-1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    # kl: row0 [0.5, 0], row1 [-1]; beta 0.1 -> returns row0 [1 - 0.05, 1 - 0], row1 [0 + 0.1]
+    adv = reinforce_pp_advantages(rewards, logp, ref, mask, kl_coef=0.1, eps=0.0)
+    g = torch.tensor([0.95, 1.0, 0.1])
+    expected = (g - g.mean()) / g.std()
+    assert torch.allclose(adv[mask > 0], expected, atol=1e-6) and adv[0, 2] == 0 and adv[1, 1] == 0

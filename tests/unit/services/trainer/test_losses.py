@@ -70,3 +70,40 @@ def test_sft_loss_is_masked_token_mean_nll():
     logp = torch.tensor([[-9.0, -1.0, -3.0]])
     loss, stats = sft_loss(logp, torch.tensor([[0.0, 1.0, 1.0]]))
     assert loss.item() == pytest.approx(2.0) and stats["nll"].item() == pytest.approx(2.0)
+
+
+def test_sequence_logprobs_sum_only_masked_tokens():
+    from alignmesh.services.trainer.losses import sequence_logprobs
+
+    lp = torch.tensor([[0.0, -1.0, -2.0], [0.0, -0.5, -9.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])
+    assert torch.equal(sequence_logprobs(lp, mask), torch.tensor([-3.0, -0.5]))
+
+
+def test_dpo_sigmoid_ipo_and_label_smoothing_by_hand():
+    from alignmesh.services.trainer.losses import dpo_loss
+
+    chosen, rejected = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
+    ref_c, ref_r = torch.tensor([-1.5, -2.0]), torch.tensor([-2.5, -2.0])
+    # h = (c - rc) - (r - rr) = [0.5 - (-0.5), 0 - 1] = [1.0, -1.0]
+    loss, stats = dpo_loss(chosen, rejected, ref_c, ref_r, beta=0.5)
+    expected = (-math.log(1 / (1 + math.exp(-0.5))) - math.log(1 / (1 + math.exp(0.5)))) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["pref_accuracy"].item() == 0.5 and stats["reward_margin"].item() == pytest.approx(0.0)
+    smooth, _ = dpo_loss(chosen, rejected, ref_c, ref_r, beta=0.5, label_smoothing=0.1)
+    ls = lambda x: math.log(1 / (1 + math.exp(-x)))  # noqa: E731
+    by_hand = sum(-0.9 * ls(0.5 * h) - 0.1 * ls(-0.5 * h) for h in (1.0, -1.0)) / 2
+    assert smooth.item() == pytest.approx(by_hand, abs=1e-6)
+    ipo, _ = dpo_loss(chosen, rejected, ref_c, ref_r, beta=0.5, variant="ipo")
+    assert ipo.item() == pytest.approx(((1.0 - 1.0) ** 2 + (-1.0 - 1.0) ** 2) / 2, abs=1e-6)
+
+
+def test_dpo_gradient_raises_chosen_and_lowers_rejected():
+    from alignmesh.services.trainer.losses import dpo_loss
+
+    c = torch.tensor([-2.0], requires_grad=True)
+    r = torch.tensor([-2.0], requires_grad=True)
+    loss, _ = dpo_loss(c, r, torch.tensor([-2.0]), torch.tensor([-2.0]), beta=1.0)
+    loss.backward()
+    assert c.grad.item() == pytest.approx(-0.5) and r.grad.item() == pytest.approx(0.5)
+    assert loss.item() == pytest.approx(math.log(2))

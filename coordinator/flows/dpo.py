@@ -1,0 +1,58 @@
+"""Offline DPO (Rafailov et al. 2023) on preference pairs; reference log-probabilities are computed once per pair
+by the reference service and cached. Generation is only used to evaluate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alignmesh.coordinator.data import answer_preferences, load_preferences_jsonl
+from alignmesh.coordinator.flows.base import FlowContext
+
+
+@dataclass
+class DPOParams:
+    # JSONL of {"prompt", "chosen", "rejected"}; empty = synthetic pairs from the task's answers.
+    pairs: str = ""
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    beta: float = 1.0
+    variant: str = "sigmoid"
+    label_smoothing: float = 0.0
+
+
+class DPO:
+    Params = DPOParams
+
+    async def run(self, ctx: FlowContext) -> None:
+        p: DPOParams = ctx.params
+        pairs = load_preferences_jsonl(p.pairs) if p.pairs else answer_preferences(ctx.data.train, ctx.config.seed)
+        eos = [int(ctx.tokenizer.eos_token_id)]
+        cache: dict[int, torch.Tensor] = {}  # pair index -> reference logprobs of [chosen; rejected]
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(ctx.config.seed)).tolist()
+        async for step in ctx.steps(ctx.config.steps):
+            idx = [order[((step - 1) * p.batch_size + j) % len(order)] for j in range(p.batch_size)]
+            chosen = [ctx.tokenizer(pairs[i].chosen, add_special_tokens=False)["input_ids"] + eos for i in idx]
+            rejected = [ctx.tokenizer(pairs[i].rejected, add_special_tokens=False)["input_ids"] + eos for i in idx]
+            prompts = [ctx.tokenizer(pairs[i].prompt)["input_ids"] for i in idx]
+            batch = ctx.sequences(prompts * 2, chosen + rejected)
+            with ctx.phase("reference"):
+                missing = [j for j, i in enumerate(idx) if i not in cache]
+                if missing:
+                    rows = torch.tensor(missing + [j + len(idx) for j in missing])
+                    ref = await ctx.reference.logprobs(batch.input_ids[rows], batch.attention_mask[rows])
+                    for n, j in enumerate(missing):
+                        cache[idx[j]] = torch.stack([ref[n], ref[n + len(missing)]])
+                ref = torch.cat([torch.stack([cache[i][0] for i in idx]), torch.stack([cache[i][1] for i in idx])])
+            with ctx.phase("train"):
+                _, metrics = await ctx.trainer.train_step(
+                    batch.input_ids, batch.attention_mask, batch.loss_mask, None, ref[:, :batch.input_ids.shape[1]],
+                    loss=dict(name="dpo", beta=p.beta, variant=p.variant, label_smoothing=p.label_smoothing),
+                    learning_rate=ctx.live("learning_rate", p.learning_rate))
+            ctx.report(step, metrics)
+            if step % ctx.config.eval.every == 0 or step == ctx.config.steps:
+                with ctx.phase("sync"):
+                    await ctx.push_weights()
+                if step < ctx.config.steps:
+                    ctx.report_eval(step, {"accuracy": await ctx.evaluate()})

@@ -1,0 +1,47 @@
+"""REINFORCE++ (Hu 2025): no critic, no groups; token returns carry a KL penalty to the reference and the
+advantages are whitened over the whole batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alignmesh.coordinator.algos.advantages import reinforce_pp_advantages
+from alignmesh.coordinator.flows import sequences
+from alignmesh.coordinator.flows.base import FlowContext
+
+
+@dataclass
+class ReinforcePPParams:
+    prompts_per_step: int = 64
+    samples_per_prompt: int = 4
+    learning_rate: float = 1e-4
+    kl_coef: float = 0.01
+    clip_eps: float = 0.2
+
+
+class ReinforcePP:
+    Params = ReinforcePPParams
+
+    async def run(self, ctx: FlowContext) -> None:
+        p: ReinforcePPParams = ctx.params
+        async for step in ctx.steps(ctx.config.steps):
+            examples = ctx.sampler.take(p.prompts_per_step)
+            prompts, out, rewards = await ctx.sample(examples, p.samples_per_prompt, step)
+            starts = [len(q) for q in prompts for _ in range(p.samples_per_prompt)]
+            batch = ctx.sequences([q for q in prompts for _ in range(p.samples_per_prompt)],
+                                  ctx.completions(out.completion_ids, out.lengths))
+            with ctx.phase("reference"):
+                ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask)
+            width = out.completion_ids.shape[1]
+            mask = sequences.take(batch.loss_mask, starts, width)
+            adv = reinforce_pp_advantages(rewards, out.logprobs, sequences.take(ref, starts, width), mask,
+                                          ctx.live("kl_coef", p.kl_coef))
+            with ctx.phase("train"):
+                _, train = await ctx.trainer.train_step(
+                    batch.input_ids, batch.attention_mask, batch.loss_mask,
+                    sequences.place(adv, starts, batch.input_ids.shape[1]),
+                    loss=dict(name="policy_gradient", clip_eps=p.clip_eps),
+                    learning_rate=ctx.live("learning_rate", p.learning_rate))
+            with ctx.phase("sync"):
+                await ctx.push_weights()
+            ctx.report(step, {"reward_mean": float(rewards.mean()), "samples": float(rewards.numel()), **train})

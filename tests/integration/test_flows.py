@@ -1,0 +1,58 @@
+"""Every built-in flow and the tutorial's user-defined flow, through real services, moves held-out accuracy.
+
+All runs start from the same SFT warm start (a job of its own, exported and passed as ``init``), use fixed seeds
+and evaluate greedy accuracy on the same 500 held-out prompts. One evaluation's binomial standard error is at
+most 2.2 points. Margins are about half of what each recipe measured here (in brackets), and at least 4 points:
+RLOO 8 (+15.6), REINFORCE++ 8 (+15.8), Online-DPO 7 (+14.0), offline DPO 3 (+5.6: synthetic near-miss pairs
+teach less), best-of-n SFT 4 (+10.6).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alignmesh.clients.client import Client
+from alignmesh.clients.cluster import LocalCluster
+from alignmesh.services.common.settings import load_cluster_config
+
+from helpers import cluster_yaml
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+EVAL = "eval: {every: 50, size: 500}\nsampling: {temperature: 0.7, max_new_tokens: 4}\n"
+
+FLOWS = {
+    "rloo": ("algorithm: rloo\nsteps: 100\nparams: {prompts_per_step: 32, samples_per_prompt: 8}\n", 0.08),
+    "reinforce_pp": ("algorithm: reinforce_pp\nsteps: 100\n"
+                     "params: {prompts_per_step: 64, samples_per_prompt: 4, kl_coef: 0.01}\n", 0.08),
+    "online_dpo": ("algorithm: online_dpo\nsteps: 200\nparams: {prompts_per_step: 32, samples_per_prompt: 4, "
+                   "beta: 1.0}\n", 0.07),
+    "dpo": ("algorithm: dpo\nsteps: 100\nparams: {batch_size: 64, beta: 1.0}\n", 0.03),
+    "user_flow": (f"algorithm: {ROOT / 'examples/flows/best_of_n_sft.py'}:BestOfNSFT\nsteps: 60\n"
+                  "params: {prompts_per_step: 32, samples_per_prompt: 4}\n", 0.04),
+}
+
+
+@pytest.fixture(scope="module")
+def warm(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flows")
+    cfg = load_cluster_config(cluster_yaml(tmp, tiny_model_dir, rollout={"replicas": 2}))
+    with LocalCluster(cfg) as cluster, Client(cluster.coordinator_address(), timeout_s=60) as client:
+        sft = client.wait(client.submit((ROOT / "examples" / "sft_addition.yaml").read_text()).id)
+        yield client, str(Path(sft.run_dir) / "final" / "hf")
+
+
+@pytest.mark.parametrize("name", list(FLOWS))
+def test_flow_moves_held_out_accuracy(warm, name):
+    client, init = warm
+    text, margin = FLOWS[name]
+    job = client.wait(client.submit(text + EVAL + f"init: {init}\n", name=name).id, timeout_s=300)
+    summary = json.loads((Path(job.run_dir) / "summary.json").read_text())
+    gain = summary["accuracy_after"] - summary["accuracy_before"]
+    print(f"{name}: {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f} ({gain * 100:+.1f}) "
+          f"in {summary['wall_seconds']:.0f}s")
+    assert 0.25 <= summary["accuracy_before"] <= 0.5
+    assert gain >= margin
