@@ -21,7 +21,7 @@ from alignmesh.services.common.errors import ConfigError
 from alignmesh.services.common.settings import ClusterConfig
 from alignmesh.services.main import COMPUTE_ROLES, default_threads
 
-START_ORDER = ("trainer", "rollout", "reference", "reward", "coordinator")
+START_ORDER = ("trainer", "critic", "rollout", "reference", "reward", "coordinator")
 
 
 @dataclass

@@ -84,6 +84,7 @@ def logprobs_from_proto(resp: reference_pb2.LogProbsResponse) -> torch.Tensor:
 
 def train_request(ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor, advantages: torch.Tensor | None,
                   ref_logprobs: torch.Tensor | None, loss: dict, learning_rate: float | None,
+                  returns: torch.Tensor | None = None, old_values: torch.Tensor | None = None,
                   ) -> trainer_pb2.TrainStepRequest:
     req = trainer_pb2.TrainStepRequest(input_ids=encode(ids), attention_mask=encode(mask),
                                        loss_mask=encode(loss_mask.float()), loss=trainer_pb2.LossSpec(**loss))
@@ -93,7 +94,18 @@ def train_request(ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor
         req.ref_logprobs.CopyFrom(encode(ref_logprobs.float()))
     if learning_rate is not None:
         req.learning_rate = learning_rate
+    for name, t in (("returns", returns), ("old_values", old_values)):
+        if t is not None:
+            getattr(req, name).CopyFrom(encode(t.float()))
     return req
+
+
+def values_request(ids: torch.Tensor, mask: torch.Tensor) -> trainer_pb2.ComputeValuesRequest:
+    return trainer_pb2.ComputeValuesRequest(input_ids=encode(ids), attention_mask=encode(mask))
+
+
+def values_from_proto(resp: trainer_pb2.ComputeValuesResponse) -> tuple[torch.Tensor, torch.Tensor]:
+    return decode(resp.values, "values", torch.float32, ndim=2), decode(resp.scores, "scores", torch.float32, ndim=1)
 
 
 def join_request(spec: GroupSpec) -> weights_pb2.JoinSyncGroupRequest:

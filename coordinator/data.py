@@ -123,13 +123,20 @@ def load_preferences_jsonl(path: str | Path, field: str = "params.pairs") -> lis
     return out
 
 
-def answer_preferences(examples: list[Example], seed: int) -> list[Preference]:
-    """Synthetic pairs for a task with known answers: the answer is chosen, a near miss rejected."""
+def answer_preferences(examples: list[Example], seed: int, negatives: str = "near") -> list[Preference]:
+    """Synthetic pairs for a task with known numeric answers: the answer is chosen; rejected is a near miss
+    (answer +-1 or +-10, ``near``) or a uniformly random other number up to twice the answer range (``random``)."""
     rng = random.Random(seed)
+    top = max((int(e.answer) for e in examples if e.answer.isdigit()), default=9)
     out = []
     for e in examples:
         wrong = e.answer
         while wrong == e.answer or wrong.startswith("-"):
-            wrong = str(int(e.answer) + rng.choice((-10, -1, 1, 10))) if e.answer.isdigit() else e.answer + "0"
+            if not e.answer.isdigit():
+                wrong = e.answer + "0"
+            elif negatives == "random":
+                wrong = str(rng.randint(0, top))
+            else:
+                wrong = str(int(e.answer) + rng.choice((-10, -1, 1, 10)))
         out.append(Preference(e.prompt, e.answer, wrong))
     return out

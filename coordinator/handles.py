@@ -155,8 +155,10 @@ class ReferencePool(Pool):
 
 class TrainerHandle(Pool):
     async def train_step(self, ids, mask, loss_mask, advantages=None, ref_logprobs=None, loss: dict | None = None,
-                         learning_rate: float | None = None) -> tuple[int, dict[str, float]]:
-        req = convert.train_request(ids, mask, loss_mask, advantages, ref_logprobs, loss or {}, learning_rate)
+                         learning_rate: float | None = None, returns=None, old_values=None,
+                         ) -> tuple[int, dict[str, float]]:
+        req = convert.train_request(ids, mask, loss_mask, advantages, ref_logprobs, loss or {}, learning_rate,
+                                    returns, old_values)
         resp = await self.call("TrainStep", req)
         return resp.step, dict(resp.metrics)
 
@@ -165,6 +167,11 @@ class TrainerHandle(Pool):
 
     async def save_checkpoint(self, path: str, export_hf: bool = False) -> trainer_pb2.CheckpointInfo:
         return await self.call("SaveCheckpoint", trainer_pb2.SaveCheckpointRequest(path=path, export_hf=export_hf))
+
+    async def values(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Critic: per-token values [B, T] and sequence scores [B]."""
+        resp = await self.call("ComputeValues", convert.values_request(ids, mask))
+        return convert.values_from_proto(resp)
 
     async def manifest(self, bucket_bytes: int) -> weights_pb2.WeightManifest:
         return await self.call("GetWeightManifest", trainer_pb2.GetWeightManifestRequest(bucket_bytes=bucket_bytes))
@@ -178,4 +185,6 @@ def make_pools(addresses: dict[str, list[str]], security: SecurityConfig, timeou
             ReferencePool(endpoints("reference", addresses["reference"], security,
                                     reference_pb2_grpc.ReferenceServiceStub), timeout_s),
             TrainerHandle(endpoints("trainer", addresses["trainer"], security, trainer_pb2_grpc.TrainerServiceStub),
-                          timeout_s))
+                          timeout_s),
+            TrainerHandle(endpoints("critic", addresses["critic"], security, trainer_pb2_grpc.TrainerServiceStub),
+                          timeout_s) if addresses.get("critic") else None)

@@ -66,6 +66,8 @@ async def _warm_start(ctx: FlowContext, run_dir: str) -> None:
     # The warmed-up model becomes the reference and the new start; the main stage gets a fresh optimizer.
     await ctx.trainer.save_checkpoint(f"{run_dir}/sft", export_hf=True)
     await _load(ctx, f"{run_dir}/sft/hf")
+    if ctx.critic is not None:
+        await ctx.critic.call("LoadCheckpoint", trainer_pb2.LoadCheckpointRequest(path=f"{run_dir}/sft/hf"))
     await ctx.push_weights(reference=True)
     ctx.stage, ctx.params, ctx.sampler = "main", main_params, main_sampler
 
@@ -117,6 +119,8 @@ async def _prepare(ctx: FlowContext, ckpt: Checkpointer, run_dir: str, model_pat
         await ckpt.restore(state, run_dir)
         return
     await _load(ctx, ctx.config.init or model_path)  # every job starts from its initial model on every role
+    if ctx.critic is not None:  # the critic restarts from the same backbone with a fresh head
+        await ctx.critic.call("LoadCheckpoint", trainer_pb2.LoadCheckpointRequest(path=ctx.config.init or model_path))
     await ctx.push_weights(reference=True)
     if ctx.config.warm_start is not None:
         await _warm_start(ctx, run_dir)
@@ -141,13 +145,15 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
             run.append({"kind": kind, "stage": payload["stage"], "step": payload["step"],
                         "metrics": payload["metrics"], "time": time.time() - started})
 
-    rollout, reward, reference, trainer = make_pools(cluster.endpoints, cluster.security,
-                                                     cluster.coordinator.rpc_timeout_s, int(tokenizer.pad_token_id))
+    rollout, reward, reference, trainer, critic = make_pools(cluster.endpoints, cluster.security,
+                                                             cluster.coordinator.rpc_timeout_s,
+                                                             int(tokenizer.pad_token_id))
     sync = WeightSync(trainer, cluster.coordinator.store_host, cfg.sync.bucket_bytes, cfg.sync.timeout_s,
                       cfg.sync.backend)
     data = load_splits(cfg)
     ctx = FlowContext(cfg, params, rollout, reward, reference, trainer, tokenizer, data,
-                      PromptSampler(data.train, cfg.seed), sync, emit, control)
+                      PromptSampler(data.train, cfg.seed), sync, emit, control, critic=critic,
+                      run_dir=rec.run_dir)
     ckpt = Checkpointer(ctx, rec.run_dir)
     every = cfg.checkpoint_every
 
@@ -173,5 +179,6 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
         pass
     finally:
         run.close()
-        for pool in (rollout, reward, reference, trainer):
-            await pool.close()
+        for pool in (rollout, reward, reference, trainer, critic):
+            if pool is not None:
+                await pool.close()

@@ -10,7 +10,7 @@ from alignmesh.services.common import threads
 from alignmesh.services.common.server import ServeSpec, serve
 from alignmesh.services.common.settings import ROLES, ClusterConfig
 
-COMPUTE_ROLES = ("trainer", "rollout", "reference")
+COMPUTE_ROLES = ("trainer", "critic", "rollout", "reference")
 
 
 def default_threads(cfg: ClusterConfig, role: str) -> int:
@@ -69,6 +69,13 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         t = cfg.trainer
         be = backend.create(t.backend, model_path=path, learning_rate=t.learning_rate, betas=t.betas,
                             weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, device=t.device)
+        svc = servicer.TrainerServicer(be, _vocab(path))
+    elif role == "critic":
+        from alignmesh.services.trainer import backend, servicer
+
+        c = cfg.critic
+        be = backend.create("critic", model_path=path, learning_rate=c.learning_rate, betas=c.betas,
+                            grad_clip=c.grad_clip, seed=c.seed, device=c.device)
         svc = servicer.TrainerServicer(be, _vocab(path))
     else:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")

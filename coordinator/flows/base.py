@@ -62,6 +62,8 @@ class FlowContext:
     sync: WeightSync
     emit: Callable[[str, dict], None]  # (kind, payload) -> job event
     control: Control
+    critic: TrainerHandle | None = None  # present when the cluster runs a critic
+    run_dir: str = ""
     stage: str = "main"
     version: int = 0
     start_step: int = 0  # steps already done (a resumed job)

@@ -20,12 +20,14 @@ def _builtins() -> None:
     from alignmesh.coordinator.flows.dpo import DPO
     from alignmesh.coordinator.flows.grpo import GRPO
     from alignmesh.coordinator.flows.online_dpo import OnlineDPO
+    from alignmesh.coordinator.flows.ppo import PPO
+    from alignmesh.coordinator.flows.reward_model import RewardModel
     from alignmesh.coordinator.flows.reinforce_pp import ReinforcePP
     from alignmesh.coordinator.flows.rloo import RLOO
     from alignmesh.coordinator.flows.sft import SFT
 
     for name, cls in (("grpo", GRPO), ("sft", SFT), ("rloo", RLOO), ("reinforce_pp", ReinforcePP),
-                      ("online_dpo", OnlineDPO), ("dpo", DPO)):
+                      ("online_dpo", OnlineDPO), ("dpo", DPO), ("ppo", PPO), ("reward_model", RewardModel)):
         FLOWS.setdefault(name, cls)
 
 

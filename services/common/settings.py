@@ -8,7 +8,7 @@ from pathlib import Path
 from alignmesh.services.common.config import from_dict, read_yaml
 from alignmesh.services.common.errors import ConfigError
 
-ROLES = ("trainer", "rollout", "reward", "reference", "coordinator")
+ROLES = ("trainer", "critic", "rollout", "reward", "reference", "coordinator")
 DEFAULT_MODEL = "default"
 
 
@@ -82,6 +82,23 @@ class TrainerConfig:
 
 
 @dataclass
+class CriticConfig:
+    """A second trainer instance with a scalar head: PPO's critic, and the reward-model trainer."""
+
+    replicas: int = 0  # 0 or 1
+    learning_rate: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self, where: str) -> None:
+        if self.replicas not in (0, 1):
+            raise ConfigError(f"{where}.replicas: must be 0 or 1, got {self.replicas}")
+        _positive(where, "learning_rate", self.learning_rate)
+
+
+@dataclass
 class CoordinatorConfig:
     db: str = "alignmesh.db"
     runs_dir: str = "runs"
@@ -108,6 +125,7 @@ class ClusterConfig:
     state_dir: str = ".alignmesh"
     security: SecurityConfig = field(default_factory=SecurityConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)

@@ -22,6 +22,8 @@ class Experience:
     loss_mask: torch.Tensor  # float32 [B, T]
     advantages: torch.Tensor | None = None  # float32 [B] or [B, T]
     ref_logprobs: torch.Tensor | None = None  # float32 [B, T]
+    returns: torch.Tensor | None = None  # float32 [B, T] (critic)
+    old_values: torch.Tensor | None = None  # float32 [B, T] (critic)
 
 
 @dataclass
@@ -81,6 +83,8 @@ def register(name: str):
 def create(name: str, **kwargs) -> TrainerBackend:
     if name == "torch":
         from alignmesh.services.trainer import torch_backend  # noqa: F401  (registers itself)
+    if name == "critic":
+        from alignmesh.services.trainer import critic_backend  # noqa: F401  (registers itself)
     if name not in BACKENDS:
         raise ValueError(f"trainer.backend: unknown backend {name!r}; known: {sorted(BACKENDS) or ['torch']}")
     return BACKENDS[name](**kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from alignmesh.protos.trainer.v1 import trainer_pb2
-from alignmesh.services.common.convert import decode
+from alignmesh.services.common.convert import decode, encode
 from alignmesh.services.common.errors import InvalidArgument
 from alignmesh.services.trainer.backend import CheckpointInfo, Experience, LossSpec, TrainerStateInfo
 
@@ -38,7 +38,13 @@ def experience_from_proto(req: trainer_pb2.TrainStepRequest, vocab_size: int) ->
     if ref is not None and ref.shape != ids.shape:
         raise InvalidArgument("ref_logprobs", f"shape {list(ref.shape)} must equal input_ids shape "
                                               f"{list(ids.shape)}")
-    return Experience(ids, mask, loss_mask, adv, ref)
+    extra = {}
+    for name in ("returns", "old_values"):
+        t = _optional(req, name, ids.shape[0])
+        if t is not None and t.shape != ids.shape:
+            raise InvalidArgument(name, f"shape {list(t.shape)} must equal input_ids shape {list(ids.shape)}")
+        extra[name] = t
+    return Experience(ids, mask, loss_mask, adv, ref, **extra)
 
 
 def loss_from_proto(msg: trainer_pb2.LossSpec) -> LossSpec:
@@ -71,3 +77,18 @@ def checkpoint_to_proto(info: CheckpointInfo) -> trainer_pb2.CheckpointInfo:
 def state_to_proto(s: TrainerStateInfo) -> trainer_pb2.TrainerState:
     return trainer_pb2.TrainerState(step=s.step, weight_version=s.weight_version, num_parameters=s.num_parameters,
                                     device=s.device, learning_rate=s.learning_rate)
+
+
+def values_request_from_proto(req: trainer_pb2.ComputeValuesRequest, vocab_size: int):
+    ids = decode(req.input_ids, "input_ids", torch.int64, ndim=2)
+    mask = decode(req.attention_mask, "attention_mask", ndim=2).to(torch.int64)
+    if mask.shape != ids.shape:
+        raise InvalidArgument("attention_mask", f"shape {list(mask.shape)} must equal input_ids shape "
+                                                f"{list(ids.shape)}")
+    if ids.shape[0] == 0 or (ids < 0).any() or (ids >= vocab_size).any() or (mask.sum(dim=1) < 1).any():
+        raise InvalidArgument("input_ids", f"need >= 1 sequence, ids in [0, {vocab_size}), >= 1 real token each")
+    return ids, mask
+
+
+def values_to_proto(values: torch.Tensor, scores: torch.Tensor) -> trainer_pb2.ComputeValuesResponse:
+    return trainer_pb2.ComputeValuesResponse(values=encode(values.float()), scores=encode(scores.float()))

@@ -91,3 +91,31 @@ def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Ten
     with torch.no_grad():
         stats = {"reward_margin": (beta * h).mean(), "pref_accuracy": (h > 0).float().mean()}
     return losses.mean(), stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_eps: float, normalizer: float | torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss (PPO as in Ziegler et al. / OpenAI baselines), token mean over ``mask``:
+
+        V_clip = old + clip(V - old, -eps, eps)
+        L = 0.5 * (1/N) sum mask * max((V - R)^2, (V_clip - R)^2)
+
+    All [B, T]. Stats: ``value_clip_frac`` (share of tokens where the clipped term is larger).
+    """
+    mask = mask.to(values.dtype)
+    n = _norm(mask, normalizer)
+    clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    plain, capped = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = 0.5 * (torch.maximum(plain, capped) * mask).sum() / n
+    with torch.no_grad():
+        stats = {"value_loss": loss.detach(), "value_clip_frac": ((capped > plain).to(mask.dtype) * mask).sum() / n}
+    return loss, stats
+
+
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Reward-model loss (Bradley-Terry): ``L = -mean log sigma(s_chosen - s_rejected)``; [P] -> scalar."""
+    loss = -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+    with torch.no_grad():
+        stats = {"pref_accuracy": (chosen > rejected).float().mean(), "margin": (chosen - rejected).mean()}
+    return loss, stats

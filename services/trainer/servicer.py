@@ -7,7 +7,7 @@ import asyncio
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from alignmesh.services.common import metrics
-from alignmesh.services.common.errors import InvalidArgument
+from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument
 from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.sync.convert import group_spec_from_proto, manifest_to_proto
 from alignmesh.services.trainer import convert
@@ -59,6 +59,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         metrics.WEIGHT_VERSION.labels("trainer").set(stats.version)
         return trainer_pb2.PublishWeightsResponse(version=stats.version, bytes=stats.bytes, buckets=stats.buckets,
                                                   seconds=stats.seconds)
+
+
+    async def ComputeValues(self, request, context):
+        compute = getattr(self.backend, "compute_values", None)
+        if compute is None:
+            raise FailedPrecondition("this trainer has no value head; start a critic (critic.replicas: 1)")
+        ids, mask = convert.values_request_from_proto(request, self.vocab_size)
+        values, scores = await asyncio.to_thread(run_pinned, compute, ids, mask)
+        return convert.values_to_proto(values, scores)
 
 
 def add_to_server(servicer: TrainerServicer, server) -> list[str]:

@@ -25,9 +25,9 @@ class TorchTrainerBackend:
     def __init__(self, model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
                  grad_clip: float = 1.0, seed: int = 0, device: str = "cpu"):
         torch.manual_seed(seed)
-        self.device = device
+        self.device, self.seed = device, seed
         self.model_path = model_path
-        self.model = load_causal_lm(model_path, device).train()
+        self.model = self._load_model(model_path).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, betas=tuple(betas),
                                            weight_decay=weight_decay)
         self.grad_clip = grad_clip
@@ -127,8 +127,11 @@ class TorchTrainerBackend:
             self.step, self.weight_version = int(state["step"]), int(state["weight_version"])
         return CheckpointInfo(path, self.step, self.weight_version)
 
+    def _load_model(self, path: str) -> torch.nn.Module:
+        return load_causal_lm(path, self.device)
+
     def _load_hf(self, path: str) -> CheckpointInfo:
-        source = load_causal_lm(path, self.device)
+        source = self._load_model(path)
         with self.lock, torch.no_grad():
             try:
                 self.model.load_state_dict(source.state_dict())
@@ -176,4 +179,4 @@ class TorchTrainerBackend:
 def _to(batch: Experience, device: str) -> Experience:
     move = (lambda t: None if t is None else t.to(device))
     return Experience(move(batch.input_ids), move(batch.attention_mask), move(batch.loss_mask).float(),
-                      move(batch.advantages), move(batch.ref_logprobs))
+                      move(batch.advantages), move(batch.ref_logprobs), move(batch.returns), move(batch.old_values))

@@ -70,6 +70,11 @@ class TrainerServiceStub:
                 request_serializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.PublishWeightsRequest.SerializeToString,
                 response_deserializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.PublishWeightsResponse.FromString,
                 _registered_method=True)
+        self.ComputeValues = channel.unary_unary(
+                '/alignmesh.trainer.v1.TrainerService/ComputeValues',
+                request_serializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.ComputeValuesRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.ComputeValuesResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -118,6 +123,13 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ComputeValues(self, request, context):
+        """Critic / reward-model instances: per-token values and per-sequence scores.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +167,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.PublishWeights,
                     request_deserializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.PublishWeightsRequest.FromString,
                     response_serializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.PublishWeightsResponse.SerializeToString,
+            ),
+            'ComputeValues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComputeValues,
+                    request_deserializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.ComputeValuesRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.ComputeValuesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +363,33 @@ class TrainerService:
             '/alignmesh.trainer.v1.TrainerService/PublishWeights',
             alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.PublishWeightsRequest.SerializeToString,
             alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.PublishWeightsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeValues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.trainer.v1.TrainerService/ComputeValues',
+            alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.ComputeValuesRequest.SerializeToString,
+            alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.ComputeValuesResponse.FromString,
             options,
             channel_credentials,
             insecure,

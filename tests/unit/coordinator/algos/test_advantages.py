@@ -57,3 +57,37 @@ def test_reinforce_pp_returns_kl_penalty_and_whitening_by_hand():
     g = torch.tensor([0.95, 1.0, 0.1])
     expected = (g - g.mean()) / g.std()
     assert torch.allclose(adv[mask > 0], expected, atol=1e-6) and adv[0, 2] == 0 and adv[1, 1] == 0
+
+
+def test_gae_by_hand_with_padding_and_dones():
+    from alignmesh.coordinator.algos.advantages import gae
+
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.5, 0.0, 0.0, 0.0]])
+    values = torch.tensor([[0.2, 0.4, 0.6, 9.0], [0.1, 9.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    # row 0 (ends at t=2): d2 = 1 - 0.6 = 0.4 ; d1 = 0 + 0.9*0.6 - 0.4 = 0.14 ; d0 = 0.9*0.4 - 0.2 = 0.16
+    a2 = 0.4
+    a1 = 0.14 + 0.45 * a2
+    a0 = 0.16 + 0.45 * a1
+    assert torch.allclose(adv[0], torch.tensor([a0, a1, a2, 0.0]))
+    assert torch.allclose(ret[0], torch.tensor([a0 + 0.2, a1 + 0.4, a2 + 0.6, 0.0]))
+    # row 1: one token, terminal: A = 0.5 - 0.1; padded values (9.0) never leak in
+    assert torch.allclose(adv[1], torch.tensor([0.4, 0.0, 0.0, 0.0]))
+    # an explicit done in the middle cuts the bootstrap from the next state
+    dones = torch.tensor([[0.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    cut, _ = gae(rewards, values, mask, gamma=0.9, lam=0.5, dones=dones)
+    assert cut[0, 1].item() == pytest.approx(0.0 - 0.4) and cut[0, 0].item() == pytest.approx(0.16 + 0.45 * -0.4)
+
+
+def test_kl_penalised_rewards_whiten_and_adaptive_kl():
+    from alignmesh.coordinator.algos.advantages import adaptive_kl_coef, kl_penalized_rewards, whiten
+
+    logp = torch.tensor([[-1.0, -2.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0]])
+    r = kl_penalized_rewards(torch.tensor([2.0]), logp, ref, torch.tensor([[1.0, 1.0, 0.0]]), kl_coef=0.1)
+    assert torch.allclose(r, torch.tensor([[-0.05, 0.1 + 2.0, 0.0]]))
+    w = whiten(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]]), eps=0.0)
+    assert torch.allclose(w, torch.tensor([[-2 ** -0.5, 2 ** -0.5, 0.0]]))
+    assert adaptive_kl_coef(0.1, observed_kl=12.0, target=6.0, horizon=10.0) == pytest.approx(0.1 * 1.02)
+    assert adaptive_kl_coef(0.1, observed_kl=5.7, target=6.0, horizon=10.0) == pytest.approx(0.1 * (1 - 0.005))

@@ -107,3 +107,24 @@ def test_dpo_gradient_raises_chosen_and_lowers_rejected():
     loss.backward()
     assert c.grad.item() == pytest.approx(-0.5) and r.grad.item() == pytest.approx(0.5)
     assert loss.item() == pytest.approx(math.log(2))
+
+
+def test_value_loss_clipping_by_hand():
+    from alignmesh.services.trainer.losses import value_loss
+
+    values = torch.tensor([[1.0, 0.0, 5.0]])
+    old = torch.tensor([[0.0, 0.0, 5.0]])
+    returns = torch.tensor([[2.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, stats = value_loss(values, old, returns, mask, clip_eps=0.2)
+    # token 0: V 1 -> clipped 0.2; max((1-2)^2, (0.2-2)^2) = 3.24 ; token 1: (0-1)^2 = 1 both ; token 2 masked
+    assert loss.item() == pytest.approx(0.5 * (3.24 + 1.0) / 2, abs=1e-6)
+    assert stats["value_clip_frac"].item() == pytest.approx(0.5)
+
+
+def test_pairwise_loss_by_hand():
+    from alignmesh.services.trainer.losses import pairwise_loss
+
+    loss, stats = pairwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
+    assert loss.item() == pytest.approx((math.log(1 + math.exp(-1.0)) + math.log(2)) / 2, abs=1e-6)
+    assert stats["pref_accuracy"].item() == 0.5
