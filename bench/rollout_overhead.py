@@ -1,0 +1,61 @@
+"""Rollout through the service (client -> gRPC -> backend -> back) vs the same backend in-process.
+
+    python bench/rollout_overhead.py [--model DIR]
+
+Same prompts, sampling (temperature 1, 4 new tokens, 1 sample, fixed seed), one thread on both sides.
+Prints tokens/s for batch sizes 1, 8, 64 and the ratio service / in-process (target >= 0.95 at batch 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import grpc  # noqa: E402
+import torch  # noqa: E402
+
+from common import median_time, start_service, table  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from alignmesh.coordinator.convert import generate_request, rollouts_from_proto
+    from alignmesh.protos.rollout.v1 import rollout_pb2_grpc
+    from alignmesh.services.models.loading import load_tokenizer
+    from alignmesh.services.models.tiny import ensure_default_model
+    from alignmesh.services.rollout.backend import SamplingParams
+    from alignmesh.services.rollout.hf import HFRolloutBackend
+
+    model = args.model or str(ensure_default_model(Path("~/.cache/alignmesh").expanduser()))
+    tok = load_tokenizer(model)
+    local = HFRolloutBackend(model)
+    proc, address = start_service("rollout", model, threads=1)
+    stub = rollout_pb2_grpc.RolloutServiceStub(grpc.insecure_channel(address))
+    rows = [["batch", "in-process tok/s", "service tok/s", "service / in-process"]]
+    try:
+        for batch in (1, 8, 64):
+            prompts = [tok(f"{i % 100}+{(7 * i) % 100}=")["input_ids"] for i in range(batch)]
+            params = SamplingParams(max_new_tokens=4, n=1, seed=1)
+            tokens = float(local.generate(prompts, params).completion_lengths.sum())
+            t_local = median_time(lambda: local.generate(prompts, params), args.repeats)
+            req = generate_request(prompts, 0, 1, 1, 1.0, 1.0, 4, False)
+            got = rollouts_from_proto(stub.Generate(req, timeout=60))
+            assert float(got.lengths.sum()) == tokens  # same work on both sides
+            t_service = median_time(lambda: stub.Generate(req, timeout=60), args.repeats)
+            rows.append([str(batch), f"{tokens / t_local:,.0f}", f"{tokens / t_service:,.0f}",
+                         f"{t_local / t_service:.3f}"])
+    finally:
+        proc.terminate()
+        proc.wait()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Weight push over the side channel vs a raw torch.distributed broadcast of the same bytes, same group.
+
+    python bench/weight_push.py
+
+Rank 0 sends, 1 or 2 receiver processes receive (gloo, loopback, 1 thread each). "alignmesh" is the full
+protocol: pack into dtype buckets, checksums, header, broadcast, receiver-side verify + stage + atomic swap into
+the live model. "raw" broadcasts the same pre-packed buckets and nothing else. Models: the tiny default
+(0.5M params) and a ~50M-param Llama config, several bucket sizes. Prints time, GB/s and the ratio raw / ours.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import table  # noqa: E402
+
+REPEATS = 5
+
+
+def _group(rank: int, world: int, port: int, tag: str):
+    from alignmesh.services.sync.group import GroupSpec, SyncGroup
+
+    return SyncGroup(GroupSpec(tag, "127.0.0.1", port, world, rank, "gloo", 120.0))
+
+
+def _worker(rank: int, world: int, port: int, model_dir: str, buckets: list[int], out) -> None:
+    torch.set_num_threads(1)
+    from alignmesh.services.models.loading import load_causal_lm
+    from alignmesh.services.sync import buckets as bk
+    from alignmesh.services.sync.receiver import WeightReceiver
+    from alignmesh.services.sync.sender import named_weights, publish
+
+    model = load_causal_lm(model_dir)
+    group = _group(rank, world, port, "bench")
+    receiver = WeightReceiver(model)
+    receiver.join(group)
+    named = named_weights(model)
+    specs = bk.specs_of(named)
+    flag = torch.zeros(1)
+    for bucket_bytes in buckets:
+        plan = bk.plan(specs, bucket_bytes)
+        flats = [bk.pack(b, dict(named)) if rank == 0 else torch.empty(b.numel, dtype=b.dtype) for b in plan]
+        results = {}
+        for mode in ("raw", "alignmesh"):
+            times = []
+            for rep in range(REPEATS + 1):
+                group.broadcast(flag)  # line up
+                start = time.perf_counter()
+                if mode == "raw":
+                    for f in flats:
+                        group.broadcast(f)
+                elif rank == 0:
+                    publish(group, named, 1000 + rep + 10 * len(times), bucket_bytes)
+                else:
+                    version = receiver.version + 1
+                    receiver.receive("bench", version, specs, bucket_bytes)
+                    receiver.commit(version)
+                group.broadcast(flag)  # everyone done (receivers verified and swapped)
+                if rep:
+                    times.append(time.perf_counter() - start)
+            results[mode] = sorted(times)[len(times) // 2]
+        if rank == 0:
+            out.put((bucket_bytes, sum(s.nbytes for s in specs), len(plan), results["raw"], results["alignmesh"]))
+
+
+def run(model_dir: str, receivers: int, buckets: list[int]) -> list:
+    port = _free_port()
+    store = dist.TCPStore("127.0.0.1", port, None, True, dt.timedelta(seconds=120), wait_for_workers=False)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, receivers + 1, port, model_dir, buckets, out))
+             for r in range(receivers + 1)]
+    for p in procs:
+        p.start()
+    rows = [out.get(timeout=600) for _ in buckets]
+    for p in procs:
+        p.join(60)
+    del store
+    return rows
+
+
+def _free_port() -> int:
+    from alignmesh.clients.cluster import free_port
+
+    return free_port()
+
+
+def main() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from alignmesh.services.models.tiny import create_model_dir, ensure_default_model
+
+    tiny = str(ensure_default_model(Path("~/.cache/alignmesh").expanduser()))
+    big = Path(tempfile.gettempdir()) / "alignmesh-bench-50m"
+    if not (big / "config.json").is_file():
+        create_model_dir(big, seed=0, hidden=512, layers=12, heads=8, ffn=2048, positions=64)
+    rows = [["model", "receivers", "bucket", "MB", "buckets", "raw ms", "alignmesh ms", "alignmesh GB/s",
+             "raw / alignmesh"]]
+    for name, model, buckets in (("tiny 0.5M", tiny, [1 << 20, 64 << 20]),
+                                 ("llama 50M", str(big), [4 << 20, 32 << 20, 256 << 20])):
+        for receivers in (1, 2):
+            for bucket_bytes, total, n, raw, ours in run(model, receivers, buckets):
+                rows.append([name, str(receivers), f"{bucket_bytes >> 20} MB", f"{total / 1e6:.1f}", str(n),
+                             f"{raw * 1e3:.1f}", f"{ours * 1e3:.1f}", f"{total / ours / 1e9:.2f}",
+                             f"{raw / ours:.2f}"])
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
