@@ -48,6 +48,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, buckets: list[int]
     named = named_weights(model)
     specs = bk.specs_of(named)
     flag = torch.zeros(1)
+    version = 0
     for bucket_bytes in buckets:
         plan = bk.plan(specs, bucket_bytes)
         flats = [bk.pack(b, dict(named)) if rank == 0 else torch.empty(b.numel, dtype=b.dtype) for b in plan]
@@ -61,9 +62,10 @@ def _worker(rank: int, world: int, port: int, model_dir: str, buckets: list[int]
                     for f in flats:
                         group.broadcast(f)
                 elif rank == 0:
-                    publish(group, named, 1000 + rep + 10 * len(times), bucket_bytes)
+                    version += 1
+                    publish(group, named, version, bucket_bytes)
                 else:
-                    version = receiver.version + 1
+                    version += 1
                     receiver.receive("bench", version, specs, bucket_bytes)
                     receiver.commit(version)
                 group.broadcast(flag)  # everyone done (receivers verified and swapped)

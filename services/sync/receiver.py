@@ -72,7 +72,7 @@ class WeightReceiver:
             raise Aborted(f"weight sync to version {version} failed, still serving {self.version}; the sync "
                           f"group must be formed again: {exc}") from exc
         if got[0] != version or got[1] != len(plan):
-            raise Aborted(f"weight sync: header says version {got[0]} with {got[1]} buckets, expected version "
+            raise Aborted(f"weight sync: trailer says version {got[0]} with {got[1]} buckets, expected version "
                           f"{version} with {len(plan)}; update discarded, still serving {self.version}")
         for i, flat in enumerate(flats):
             expect = (got[3 + 2 * i], got[4 + 2 * i])
@@ -88,14 +88,14 @@ class WeightReceiver:
 
     @staticmethod
     def _receive_buckets(group: SyncGroup, plan: list[bk.Bucket]) -> tuple[list[int], list[torch.Tensor]]:
-        head = torch.zeros(bk.header_len(len(plan)), dtype=torch.int64, device=group.device)
-        group.broadcast(head)
         flats = []
         for bucket in plan:
             flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=group.device)
             group.broadcast(flat)
             flats.append(flat)
-        return head.tolist(), flats
+        trailer = torch.zeros(bk.header_len(len(plan)), dtype=torch.int64, device=group.device)
+        group.broadcast(trailer)
+        return trailer.tolist(), flats
 
     def commit(self, version: int) -> int:
         staged = self._staged

@@ -26,19 +26,21 @@ def named_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 def publish(group: SyncGroup, named: list[tuple[str, torch.Tensor]], version: int,
             bucket_bytes: int) -> PublishStats:
+    """Each bucket is packed and checksummed while the previous one is on the wire; the trailer with the
+    version and all checksums goes last. At most two buckets are alive at once."""
     start = time.perf_counter()
     tensors = dict(named)
     plan = bk.plan(bk.specs_of(named), bucket_bytes)
-    flats = [bk.pack(b, tensors) for b in plan] if len(plan) <= 2 else []
-    sums = [bk.checksum(f) for f in flats] if flats else [bk.checksum(bk.pack(b, tensors)) for b in plan]
-    group.broadcast(bk.header(version, plan, sums).to(group.device))
+    sums: list[tuple[int, int]] = []
     pending = None
-    for i, bucket in enumerate(plan):
-        flat = flats[i] if flats else bk.pack(bucket, tensors)
+    for bucket in plan:
+        flat = bk.pack(bucket, tensors)
+        sums.append(bk.checksum(flat))
         work = group.broadcast_async(flat)
         if pending is not None:
-            group.wait(pending)
-        pending = work
+            group.wait(pending[0])
+        pending = (work, flat)  # keep the buffer alive until its broadcast completes
     if pending is not None:
-        group.wait(pending)
+        group.wait(pending[0])
+    group.broadcast(bk.header(version, plan, sums).to(group.device))
     return PublishStats(version, sum(b.nbytes for b in plan), len(plan), time.perf_counter() - start)

@@ -121,12 +121,12 @@ def test_corrupted_bucket_is_detected_and_old_weights_keep_serving(trainer):
     flats = [bk.pack(b, {k: v + 0.01 for k, v in tensors.items()}) for b in plan]
     sums = [bk.checksum(f) for f in flats]
     fut = trainer.prepare("g1", 2)
-    trainer.group.broadcast(bk.header(2, plan, sums))
     for i, flat in enumerate(flats):
         if i == 1:
             flat = flat.clone()
             flat.view(torch.int32)[10] ^= 1 << 3  # one flipped bit in transit
         trainer.group.broadcast(flat)
+    trainer.group.broadcast(bk.header(2, plan, sums))
     with pytest.raises(grpc.RpcError) as err:
         fut.result()
     assert err.value.code() == grpc.StatusCode.ABORTED

@@ -40,10 +40,25 @@ def test_checksum_detects_one_flipped_bit_and_a_swap():
     assert bk.checksum(flat.clone()) == base
 
 
-def test_checksum_of_odd_byte_count_and_known_value():
-    assert bk.checksum(torch.tensor([1, 2, 3], dtype=torch.uint8)) == (0x030201, 0x030201)
+def test_checksum_known_values_cpu_crc32_and_device_sums():
+    import zlib
+
+    assert bk.checksum(torch.tensor([1, 2, 3], dtype=torch.uint8)) == (zlib.crc32(b"\x01\x02\x03"), 3)
+    assert bk.checksum(torch.ones(2, dtype=torch.bfloat16))[1] == 4
+    assert bk.device_checksum(torch.tensor([1, 2, 3], dtype=torch.uint8)) == (0x030201, 0x030201)
     # words 1 and 2 at positions 0 and 1: s1 = 3, s2 = 1*1 + 2*2 = 5
-    assert bk.checksum(torch.tensor([1, 2], dtype=torch.int32)) == (3, 5)
+    assert bk.device_checksum(torch.tensor([1, 2], dtype=torch.int32)) == (3, 5)
+
+
+def test_device_checksum_detects_a_flip_and_a_swap():
+    flat = torch.randn(1000)
+    base = bk.device_checksum(flat)
+    bits = flat.clone().view(torch.int32)
+    bits[517] ^= 1
+    assert bk.device_checksum(bits.view(torch.float32)) != base
+    swapped = flat.clone()
+    swapped[[3, 4]] = swapped[[4, 3]]
+    assert bk.device_checksum(swapped) != base
 
 
 def test_header_layout():
