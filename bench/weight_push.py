@@ -49,6 +49,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, buckets: list[int]
     specs = bk.specs_of(named)
     flag = torch.zeros(1)
     version = 0
+    buffers: dict = {}
     for bucket_bytes in buckets:
         plan = bk.plan(specs, bucket_bytes)
         flats = [bk.pack(b, dict(named)) if rank == 0 else torch.empty(b.numel, dtype=b.dtype) for b in plan]
@@ -63,7 +64,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, buckets: list[int]
                         group.broadcast(f)
                 elif rank == 0:
                     version += 1
-                    publish(group, named, version, bucket_bytes)
+                    publish(group, named, version, bucket_bytes, buffers)
                 else:
                     version += 1
                     receiver.receive("bench", version, specs, bucket_bytes)

@@ -105,7 +105,7 @@ class WeightReceiver:
         params = dict(self.model.named_parameters())
         with self.lock, torch.no_grad():
             for name, tensor in staged.tensors.items():
-                params[name].copy_(tensor)
+                params[name].data = tensor  # adopt the verified buffer: no copy (tied weights share the Parameter)
             self.version = version
             self._staged = None
         return self.version

@@ -35,6 +35,7 @@ class TorchTrainerBackend:
         self.step = 0
         self.weight_version = 0
         self.groups: dict[str, SyncGroup] = {}
+        self._sync_buffers: dict = {}
         self.lock = threading.Lock()
 
     # -- training ---------------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ class TorchTrainerBackend:
             raise FailedPrecondition(f"group_id: not a member of sync group {group_id!r}; join it first")
         with self.lock:
             try:
-                stats = publish(group, named_weights(self.model), version, bucket_bytes)
+                stats = publish(group, named_weights(self.model), version, bucket_bytes, self._sync_buffers)
             except Exception:
                 self.groups.pop(group_id, None)
                 group.close()
