@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+
+import yaml
 from pathlib import Path
 
 from alignmesh.clients.client import Client
@@ -25,30 +27,41 @@ def demo_job_text(path: str | None) -> str:
 
 
 def _steps(config_yaml: str) -> int:
-    import yaml
-
     return int((yaml.safe_load(config_yaml) or {}).get("steps", 0))
 
 
 def table(summary: dict) -> str:
     before, after = summary["accuracy_before"], summary["accuracy_after"]
-    rows = [("", "held-out greedy accuracy"), ("before GRPO (after SFT)", f"{before:.3f}"),
-            ("after GRPO", f"{after:.3f}"), ("change", f"{(after - before) * 100:+.1f} points")]
+    algo = summary.get("algorithm", "grpo")
+    name = algo.upper() if ":" not in algo else algo.rsplit(":", 1)[1]
+    rows = [("", "held-out greedy accuracy"), (f"before {name} (start)", f"{before:.3f}"),
+            (f"after {name}", f"{after:.3f}"), ("change", f"{(after - before) * 100:+.1f} points")]
     return "\n".join(f"  {a:<26} {b}" for a, b in rows)
 
 
+NEEDS_CRITIC = ("ppo", "reward_model")
+
+
 def run_demo(config: str | None, job_config: str | None, out: str) -> int:
+    """Start a local cluster, run one job (the GRPO demo by default), print progress and a before/after table.
+
+    Without a cluster config: 2 rollout replicas, and a critic when the job's algorithm needs one."""
     t0 = time.time()
     cfg = load_cluster_config(config) if config else ClusterConfig()
+    text = demo_job_text(job_config)
     if not config:
         cfg.rollout.replicas = 2
+        if (yaml.safe_load(text) or {}).get("algorithm") in NEEDS_CRITIC:
+            cfg.critic.replicas = 1
     cfg.coordinator.runs_dir = out
-    print("starting the local cluster (trainer, 2 x rollout, reward, reference, coordinator)...", flush=True)
+    roles = ", ".join(f"{m} x{cfg.replicas(m)}" for m in ("trainer", "critic", "rollout", "reward", "reference")
+                      if cfg.replicas(m))
+    print(f"starting the local cluster ({roles}, coordinator)...", flush=True)
     with LocalCluster(cfg) as cluster:
         print(cluster.table(), flush=True)
         print(f"cluster up in {time.time() - t0:.1f}s; submitting the job", flush=True)
         with Client(cluster.coordinator_address()) as client:
-            job = client.submit(demo_job_text(job_config), name="demo")
+            job = client.submit(text, name=Path(job_config).stem if job_config else "demo")
             print_events(client.watch(job.id), every=10, total=_steps(job.config_yaml))
             job = client.get(job.id)
     if job.state != "succeeded":
