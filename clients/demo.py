@@ -72,7 +72,7 @@ def run_demo(config: str | None, job_config: str | None, out: str) -> int:
     summary["demo_wall_seconds"] = time.time() - t0
     summary_path.write_text(json.dumps(summary, indent=2))
     print("\n" + table(summary))
-    print(f"\n  steps {summary['steps']}, job {summary['wall_seconds']:.0f}s, whole demo {time.time() - t0:.0f}s")
+    print(f"\n  steps {summary['steps']}, job {summary['wall_seconds']:.0f}s, whole run {time.time() - t0:.0f}s")
     print(f"  curve: {summary.get('curve_png', '')}")
     print(f"summary: {summary_path}")
     return 0
