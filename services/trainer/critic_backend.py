@@ -9,7 +9,7 @@ import torch
 from alignmesh.services.common.errors import InvalidArgument
 from alignmesh.services.trainer import losses
 from alignmesh.services.trainer.backend import Experience, LossSpec, register
-from alignmesh.services.trainer.torch_backend import TorchTrainerBackend
+from alignmesh.services.trainer.torch_backend import TorchTrainerBackend, _to
 
 CRITIC_LOSSES = ("value", "pairwise")
 
@@ -58,7 +58,7 @@ class TorchCriticBackend(TorchTrainerBackend):
             if learning_rate is not None:
                 for g in self.optimizer.param_groups:
                     g["lr"] = learning_rate
-            batch = _move(batch, self.device)
+            batch = _to(batch, self.device)
             stats: dict[str, float] = {}
             for _ in range(max(1, loss.epochs)):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -78,8 +78,3 @@ class TorchCriticBackend(TorchTrainerBackend):
             stats["lr"] = self.optimizer.param_groups[0]["lr"]
             return self.step, stats
 
-
-def _move(batch: Experience, device: str) -> Experience:
-    move = (lambda t: None if t is None else t.to(device))
-    return Experience(move(batch.input_ids), move(batch.attention_mask), move(batch.loss_mask).float(),
-                      move(batch.advantages), move(batch.ref_logprobs), move(batch.returns), move(batch.old_values))
