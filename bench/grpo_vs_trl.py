@@ -1,0 +1,80 @@
+"""End-to-end GRPO: alignmesh's local cluster vs TRL's GRPOTrainer, same box, same model, same work.
+
+    pip install -e '.[bench]'            # TRL beside alignmesh
+    python bench/grpo_vs_trl.py --steps 50
+
+Both start from the same SFT'd tiny model (made first by an `sft` job), same prompts per step, group size,
+4 new tokens, temperature 0.7, lr 1e-4 (constant), AdamW (0.9, 0.99), clip 0.2, no KL, grad clip 1.0, CPU, no
+vLLM on either side. alignmesh: 2 rollout replicas + trainer + reward + reference services (1-2 threads each);
+TRL: one process with 2 threads. Step time = median over the steps after the first 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import table  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def ours(init: str | None, args, out: Path) -> tuple[str, dict]:
+    from alignmesh.clients.client import Client
+    from alignmesh.clients.cluster import LocalCluster
+    from alignmesh.services.common.settings import ClusterConfig
+
+    cfg = ClusterConfig(state_dir=str(out / "state"))
+    cfg.rollout.replicas = 2
+    cfg.coordinator.runs_dir = str(out / "runs")
+    with LocalCluster(cfg) as cluster, Client(cluster.coordinator_address(), timeout_s=60) as client:
+        if init is None:
+            sft = client.wait(client.submit((HERE.parent / "examples" / "sft_addition.yaml").read_text()).id)
+            init = str(Path(sft.run_dir) / "final" / "hf")
+        job = (f"algorithm: grpo\nsteps: {args.steps}\ninit: {init}\n"
+               f"params: {{prompts_per_step: {args.prompts}, group_size: {args.group}, learning_rate: {args.lr}}}\n"
+               f"sampling: {{temperature: 0.7, max_new_tokens: 4}}\neval: {{every: 100000, size: 500}}\n")
+        done = client.wait(client.submit(job, name="bench").id)
+    rows = [json.loads(x) for x in (Path(done.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    stamps = [r["time"] for r in rows if r["kind"] == "step" and r["stage"] == "main"]
+    step = statistics.median([b - a for a, b in zip(stamps, stamps[1:])][5:])
+    summary = json.loads((Path(done.run_dir) / "summary.json").read_text())
+    return init, {"before": summary["accuracy_before"], "after": summary["accuracy_after"], "median_step_s": step,
+                  "samples_per_s": args.prompts * args.group / step}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--init", default=None, help="start model (default: made by an sft job)")
+    ap.add_argument("--trl-python", default=sys.executable, help="a python with trl installed")
+    ap.add_argument("--out", default="/tmp/alignmesh-bench")
+    args = ap.parse_args()
+    out = Path(args.out)
+    start = time.time()
+    init, a = ours(args.init, args, out)
+    subprocess.run([args.trl_python, str(HERE / "trl_side.py"), init, str(out / "trl.json"), "--steps",
+                    str(args.steps), "--prompts", str(args.prompts), "--group", str(args.group), "--lr",
+                    str(args.lr)], check=True, cwd=HERE, env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
+    t = json.loads((out / "trl.json").read_text())
+    rows = [["system", "step s (median)", "samples/s", "tokens budget", "held-out before", "after"]]
+    for name, r in (("alignmesh", a), ("TRL GRPOTrainer", t)):
+        rows.append([name, f"{r['median_step_s']:.3f}", f"{r['samples_per_s']:.0f}", f"{args.prompts}x{args.group}",
+                     f"{r['before']:.3f}", f"{r['after']:.3f}"])
+    print(table(rows))
+    print(f"samples/s ratio alignmesh / TRL: {a['samples_per_s'] / t['samples_per_s']:.2f}  "
+          f"(bench wall {time.time() - start:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
