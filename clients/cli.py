@@ -82,9 +82,9 @@ def _submit(args) -> int:
         job = c.submit(args.job_config, name=args.name)
         print(job.id)
         if args.watch:
-            from alignmesh.clients.progress import print_events
+            from alignmesh.clients.progress import print_events, total_steps
 
-            print_events(c.watch(job.id), total=_total_steps(job))
+            print_events(c.watch(job.id), total=total_steps(job.config_yaml))
             return 0 if c.get(job.id).state == "succeeded" else 1
     return 0
 
@@ -96,20 +96,11 @@ def _jobs(args) -> int:
     return 0
 
 
-def _total_steps(job) -> int:
-    import yaml
-
-    try:
-        return int((yaml.safe_load(job.config_yaml) or {}).get("steps", 0))
-    except (yaml.YAMLError, TypeError, ValueError):
-        return 0
-
-
 def _watch(args) -> int:
-    from alignmesh.clients.progress import print_events
+    from alignmesh.clients.progress import print_events, total_steps
 
     with _client(args) as c:
-        print_events(c.watch(args.job_id), total=_total_steps(c.get(args.job_id)))
+        print_events(c.watch(args.job_id), total=total_steps(c.get(args.job_id).config_yaml))
         job = c.get(args.job_id)
     print(f"{job.id} {job.state} at step {job.step}: " + "  ".join(f"{k} {v:.4g}" for k, v in
                                                                    sorted(job.metrics.items())))

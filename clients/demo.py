@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alignmesh.clients.client import Client
 from alignmesh.clients.cluster import LocalCluster
-from alignmesh.clients.progress import print_events
+from alignmesh.clients.progress import print_events, total_steps
 from alignmesh.services.common.settings import ClusterConfig, load_cluster_config
 
 DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "grpo_addition.yaml"
@@ -24,10 +24,6 @@ def demo_job_text(path: str | None) -> str:
     from importlib.resources import files
 
     return files("alignmesh").joinpath("examples/grpo_addition.yaml").read_text()
-
-
-def _steps(config_yaml: str) -> int:
-    return int((yaml.safe_load(config_yaml) or {}).get("steps", 0))
 
 
 def table(summary: dict) -> str:
@@ -62,7 +58,7 @@ def run_demo(config: str | None, job_config: str | None, out: str) -> int:
         print(f"cluster up in {time.time() - t0:.1f}s; submitting the job", flush=True)
         with Client(cluster.coordinator_address()) as client:
             job = client.submit(text, name=Path(job_config).stem if job_config else "demo")
-            print_events(client.watch(job.id), every=10, total=_steps(job.config_yaml))
+            print_events(client.watch(job.id), every=10, total=total_steps(job.config_yaml))
             job = client.get(job.id)
     if job.state != "succeeded":
         print(f"job {job.id} {job.state}: {job.error}")

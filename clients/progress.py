@@ -9,6 +9,16 @@ from alignmesh.clients.client import Event
 PHASES = ("generate", "reward", "reference", "train", "sync")
 
 
+def total_steps(config_yaml: str) -> int:
+    """The ``steps`` of a job config (for the progress bar); 0 when it cannot be read."""
+    import yaml
+
+    try:
+        return int((yaml.safe_load(config_yaml) or {}).get("steps", 0))
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return 0
+
+
 def progress(step: int, total: int, width: int = 20) -> str:
     """``/total [#####.....]`` for a known step count, else empty."""
     if total <= 0:

@@ -34,7 +34,8 @@ def addition_splits(seed: int = 0, max_operand: int = 99, test_size: int = 500, 
                   dev=examples[test_size:test_size + dev_size])
 
 
-def load_jsonl(path: str | Path, field: str = "dataset.train") -> list[Example]:
+def _read_jsonl(path: str | Path, field: str, keys: tuple[str, ...], make) -> list:
+    """Rows of a JSONL file as ``make(*values)``; errors name the field, the line and the keys needed."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"{field}: file {p} not found")
@@ -44,13 +45,17 @@ def load_jsonl(path: str | Path, field: str = "dataset.train") -> list[Example]:
             continue
         try:
             row = json.loads(line)
-            out.append(Example(str(row["prompt"]), str(row["answer"])))
+            out.append(make(*(str(row[k]) for k in keys)))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{field}: {p} line {n}: need a JSON object with 'prompt' and 'answer' "
-                              f"({exc})") from None
+            need = ", ".join(f"'{k}'" for k in keys[:-1]) + f" and '{keys[-1]}'"
+            raise ConfigError(f"{field}: {p} line {n}: need a JSON object with {need} ({exc})") from None
     if not out:
-        raise ConfigError(f"{field}: {p} holds no examples")
+        raise ConfigError(f"{field}: {p} holds no rows")
     return out
+
+
+def load_jsonl(path: str | Path, field: str = "dataset.train") -> list[Example]:
+    return _read_jsonl(path, field, ("prompt", "answer"), Example)
 
 
 def load_hf_disk(path: str | Path, split: str, field: str = "dataset.path") -> list[Example]:
@@ -106,21 +111,7 @@ class Preference:
 
 
 def load_preferences_jsonl(path: str | Path, field: str = "params.pairs") -> list[Preference]:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"{field}: file {p} not found")
-    out = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            out.append(Preference(str(row["prompt"]), str(row["chosen"]), str(row["rejected"])))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{field}: {p} line {n}: need 'prompt', 'chosen' and 'rejected' ({exc})") from None
-    if not out:
-        raise ConfigError(f"{field}: {p} holds no pairs")
-    return out
+    return _read_jsonl(path, field, ("prompt", "chosen", "rejected"), Preference)
 
 
 def answer_preferences(examples: list[Example], seed: int, negatives: str = "near") -> list[Preference]:

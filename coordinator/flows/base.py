@@ -94,6 +94,16 @@ class FlowContext:
         """CRC-32 of the step's prompts in order (exact as a float): audits data order across resumes."""
         return float(zlib.crc32("\x1f".join(e.prompt for e in examples).encode()))
 
+    def answer_ids(self, text: str) -> list[int]:
+        """A target completion's tokens, ended by eos as a generated completion is."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [int(self.tokenizer.eos_token_id)]
+
+    def pair_batch(self, pairs: list) -> sequences.SequenceBatch:
+        """Preference pairs as one batch: the chosen rows, then the rejected rows in the same order."""
+        prompts = [self.tokenizer(x.prompt)["input_ids"] for x in pairs]
+        return self.sequences(prompts * 2, [self.answer_ids(x.chosen) for x in pairs] +
+                              [self.answer_ids(x.rejected) for x in pairs])
+
     def sequences(self, prompts: list[list[int]], completions: list[list[int]]) -> sequences.SequenceBatch:
         return sequences.build(prompts, completions, int(self.tokenizer.pad_token_id))
 

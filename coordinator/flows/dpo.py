@@ -28,15 +28,11 @@ class DPO:
     async def run(self, ctx: FlowContext) -> None:
         p: DPOParams = ctx.params
         pairs = load_preferences_jsonl(p.pairs) if p.pairs else answer_preferences(ctx.data.train, ctx.config.seed)
-        eos = [int(ctx.tokenizer.eos_token_id)]
         cache: dict[int, torch.Tensor] = {}  # pair index -> reference logprobs of [chosen; rejected]
         order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(ctx.config.seed)).tolist()
         async for step in ctx.steps(ctx.config.steps):
             idx = [order[((step - 1) * p.batch_size + j) % len(order)] for j in range(p.batch_size)]
-            chosen = [ctx.tokenizer(pairs[i].chosen, add_special_tokens=False)["input_ids"] + eos for i in idx]
-            rejected = [ctx.tokenizer(pairs[i].rejected, add_special_tokens=False)["input_ids"] + eos for i in idx]
-            prompts = [ctx.tokenizer(pairs[i].prompt)["input_ids"] for i in idx]
-            batch = ctx.sequences(prompts * 2, chosen + rejected)
+            batch = ctx.pair_batch([pairs[i] for i in idx])
             with ctx.phase("reference"):
                 missing = [j for j, i in enumerate(idx) if i not in cache]
                 if missing:

@@ -27,15 +27,8 @@ class RewardModelParams:
 class RewardModel:
     Params = RewardModelParams
 
-    def _batch(self, ctx: FlowContext, pairs: list[Preference]):
-        eos = [int(ctx.tokenizer.eos_token_id)]
-        prompts = [ctx.tokenizer(x.prompt)["input_ids"] for x in pairs]
-        chosen = [ctx.tokenizer(x.chosen, add_special_tokens=False)["input_ids"] + eos for x in pairs]
-        rejected = [ctx.tokenizer(x.rejected, add_special_tokens=False)["input_ids"] + eos for x in pairs]
-        return ctx.sequences(prompts * 2, chosen + rejected)
-
     async def pref_accuracy(self, ctx: FlowContext, pairs: list[Preference]) -> float:
-        batch = self._batch(ctx, pairs)
+        batch = ctx.pair_batch(pairs)
         _, scores = await ctx.critic.values(batch.input_ids, batch.attention_mask)
         return float((scores[:len(pairs)] > scores[len(pairs):]).float().mean())
 
@@ -50,7 +43,7 @@ class RewardModel:
         ctx.report_eval(0, {"pref_accuracy": await self.pref_accuracy(ctx, held_out)})
         async for step in ctx.steps(ctx.config.steps):
             idx = [order[((step - 1) * p.batch_size + j) % len(order)] for j in range(p.batch_size)]
-            batch = self._batch(ctx, [train[i] for i in idx])
+            batch = ctx.pair_batch([train[i] for i in idx])
             with ctx.phase("train"):
                 _, metrics = await ctx.critic.train_step(batch.input_ids, batch.attention_mask, batch.loss_mask,
                                                          loss=dict(name="pairwise"), learning_rate=p.learning_rate)

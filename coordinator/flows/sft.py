@@ -24,12 +24,11 @@ class SFT:
 
     async def run(self, ctx: FlowContext) -> None:
         p: SFTParams = ctx.params
-        eos = [int(ctx.tokenizer.eos_token_id)]
         total = self.max_steps if self.max_steps is not None else ctx.config.steps
         async for step in ctx.steps(total):
             with ctx.phase("train"):
                 examples = ctx.sampler.take(p.batch_size)
-                answers = [ctx.tokenizer(e.answer, add_special_tokens=False)["input_ids"] + eos for e in examples]
+                answers = [ctx.answer_ids(e.answer) for e in examples]
                 batch = ctx.sequences(ctx.encode(examples), answers)
                 _, metrics = await ctx.trainer.train_step(batch.input_ids, batch.attention_mask, batch.loss_mask,
                                                           loss=dict(name="sft"), learning_rate=p.learning_rate)
