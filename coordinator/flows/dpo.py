@@ -40,10 +40,11 @@ class DPO:
                     ref = await ctx.reference.logprobs(batch.input_ids[rows], batch.attention_mask[rows])
                     for n, j in enumerate(missing):
                         cache[idx[j]] = torch.stack([ref[n], ref[n + len(missing)]])
-                ref = torch.cat([torch.stack([cache[i][0] for i in idx]), torch.stack([cache[i][1] for i in idx])])
+                width = batch.input_ids.shape[1]  # cached rows may come from batches of another width
+                ref = torch.cat([torch.stack([_fit(cache[i][k], width) for i in idx]) for k in (0, 1)])
             with ctx.phase("train"):
                 _, metrics = await ctx.trainer.train_step(
-                    batch.input_ids, batch.attention_mask, batch.loss_mask, None, ref[:, :batch.input_ids.shape[1]],
+                    batch.input_ids, batch.attention_mask, batch.loss_mask, None, ref,
                     loss=dict(name="dpo", beta=p.beta, variant=p.variant, label_smoothing=p.label_smoothing),
                     learning_rate=ctx.live("learning_rate", p.learning_rate))
             ctx.report(step, metrics)
@@ -52,3 +53,8 @@ class DPO:
                     await ctx.push_weights()
                 if step < ctx.config.steps:
                     ctx.report_eval(step, {"accuracy": await ctx.evaluate()})
+
+
+def _fit(row: torch.Tensor, width: int) -> torch.Tensor:
+    """A right-padded logprob row cut or zero-padded to ``width`` (positions past a sequence's end are 0)."""
+    return row[:width] if row.shape[0] >= width else torch.nn.functional.pad(row, (0, width - row.shape[0]))
