@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alignmesh.coordinator import convert
+from alignmesh.coordinator.rpcstats import RpcLedger, handler_seconds
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.reference.v1 import reference_pb2_grpc
 from alignmesh.protos.reward.v1 import reward_pb2_grpc
@@ -70,10 +72,12 @@ def endpoints(role: str, addresses: list[str], security: SecurityConfig, stub_cl
 class Pool:
     """Replicas of one role. ``call`` runs one RPC on one replica with failover."""
 
-    def __init__(self, eps: list[Endpoint], timeout_s: float, retries: int = 3, backoff_s: float = 0.2):
+    def __init__(self, eps: list[Endpoint], timeout_s: float, retries: int = 3, backoff_s: float = 0.2,
+                 ledger: RpcLedger | None = None):
         if not eps:
             raise ValueError("a pool needs at least one replica")
         self.eps, self.timeout_s, self.retries, self.backoff_s = eps, timeout_s, retries, backoff_s
+        self.ledger = ledger if ledger is not None else RpcLedger()
 
     def healthy(self) -> list[Endpoint]:
         up = [e for e in self.eps if e.healthy]
@@ -85,8 +89,7 @@ class Pool:
             eps = self.healthy()
             ep = eps[(first + attempt) % len(eps)]
             try:
-                return await getattr(ep.stub, method)(request, timeout=timeout_s or self.timeout_s,
-                                                      metadata=ep.metadata)
+                return await self._timed(ep, method, request, timeout_s or self.timeout_s)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:
                     raise
@@ -97,6 +100,16 @@ class Pool:
                 await asyncio.sleep(self.backoff_s * (2 ** attempt))
         assert last is not None
         raise last
+
+    async def _timed(self, ep: Endpoint, method: str, request, timeout_s: float):
+        """One RPC, recorded in the ledger: payload bytes both ways, wall time and the server's handler time."""
+        start = time.perf_counter()
+        call = getattr(ep.stub, method)(request, timeout=timeout_s, metadata=ep.metadata)
+        response = await call
+        wall = time.perf_counter() - start
+        self.ledger.record(ep.role, request.ByteSize(), response.ByteSize(), wall,
+                           handler_seconds(await call.trailing_metadata()))
+        return response
 
     async def close(self) -> None:
         await asyncio.gather(*(e.channel.close() for e in self.eps))
@@ -114,8 +127,8 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 class RolloutPool(Pool):
-    def __init__(self, eps, timeout_s, pad_id: int):
-        super().__init__(eps, timeout_s)
+    def __init__(self, eps, timeout_s, pad_id: int, ledger: RpcLedger | None = None):
+        super().__init__(eps, timeout_s, ledger=ledger)
         self.pad_id = pad_id
 
     async def generate(self, prompts: list[list[int]], n: int, seed: int, temperature: float = 1.0,
@@ -177,14 +190,17 @@ class TrainerHandle(Pool):
         return await self.call("GetWeightManifest", trainer_pb2.GetWeightManifestRequest(bucket_bytes=bucket_bytes))
 
 
-def make_pools(addresses: dict[str, list[str]], security: SecurityConfig, timeout_s: float, pad_id: int):
+def make_pools(addresses: dict[str, list[str]], security: SecurityConfig, timeout_s: float, pad_id: int,
+               ledger: RpcLedger | None = None):
+    """Handles to every role; they share ``ledger`` (the RPC payload accounting)."""
+    ledger = ledger if ledger is not None else RpcLedger()
     return (RolloutPool(endpoints("rollout", addresses["rollout"], security, rollout_pb2_grpc.RolloutServiceStub),
-                        timeout_s, pad_id),
+                        timeout_s, pad_id, ledger),
             RewardPool(endpoints("reward", addresses["reward"], security, reward_pb2_grpc.RewardServiceStub),
-                       timeout_s),
+                       timeout_s, ledger=ledger),
             ReferencePool(endpoints("reference", addresses["reference"], security,
-                                    reference_pb2_grpc.ReferenceServiceStub), timeout_s),
+                                    reference_pb2_grpc.ReferenceServiceStub), timeout_s, ledger=ledger),
             TrainerHandle(endpoints("trainer", addresses["trainer"], security, trainer_pb2_grpc.TrainerServiceStub),
-                          timeout_s),
+                          timeout_s, ledger=ledger),
             TrainerHandle(endpoints("critic", addresses["critic"], security, trainer_pb2_grpc.TrainerServiceStub),
-                          timeout_s) if addresses.get("critic") else None)
+                          timeout_s, ledger=ledger) if addresses.get("critic") else None)

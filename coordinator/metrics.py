@@ -14,6 +14,10 @@ SYNC_BYTES = Counter("alignmesh_weight_sync_bytes_total", "Bytes of weights push
 SYNC_SECONDS = Histogram("alignmesh_weight_sync_seconds", "Wall time of one weight push to all receivers",
                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30))
 VERSION_LAG = Gauge("alignmesh_sample_version_lag", "Mean weight-version lag of the last step's samples")
+RPC_BYTES = Counter("alignmesh_experience_rpc_bytes_total", "Payload bytes of the coordinator's RPCs (both ways)",
+                    ["role"])
+RPC_TRANSFER = Counter("alignmesh_experience_rpc_transfer_seconds_total",
+                       "RPC wall time minus server handler time, summed over the coordinator's calls", ["role"])
 JOBS = Gauge("alignmesh_jobs", "Jobs by state", ["state"])
 
 
@@ -28,6 +32,11 @@ def observe_step(stage: str, metrics: dict[str, float]) -> None:
         KL.set(metrics["kl"])
     if "version_lag" in metrics:
         VERSION_LAG.set(metrics["version_lag"])
+    for key, value in metrics.items():
+        if key.startswith("rpc_bytes_"):
+            RPC_BYTES.labels(key[10:]).inc(value)
+        elif key.startswith("rpc_ms_"):
+            RPC_TRANSFER.labels(key[7:]).inc(value / 1000)
     if "sync_bytes" in metrics:
         SYNC_BYTES.inc(metrics["sync_bytes"])
         SYNC_SECONDS.observe(metrics.get("sync_ms", 0.0) / 1000)

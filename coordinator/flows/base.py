@@ -69,6 +69,7 @@ class FlowContext:
     start_step: int = 0  # steps already done (a resumed job)
     on_step_end: Callable[[int], Awaitable[None]] | None = None
     phases: dict[str, float] = field(default_factory=dict)
+    step_started: float = 0.0
 
     # -- data ---------------------------------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> list[list[int]]:
@@ -173,12 +174,17 @@ class FlowContext:
             if self.control.cancel.is_set():
                 raise Cancelled()
             self.phases = {}
+            self.trainer.ledger.reset()  # shared by every role handle
+            self.step_started = time.perf_counter()
             yield step
             if self.on_step_end is not None:
                 await self.on_step_end(step)
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
+        """A step event: the flow's metrics, the time per phase and in total, and the RPC payload of the step."""
         timings = {f"time_{k}": v for k, v in self.phases.items()}
+        timings["time_step"] = time.perf_counter() - self.step_started
+        timings.update(self.trainer.ledger.metrics())
         self.emit("step", {"stage": self.stage, "step": step, "metrics": {**metrics, **timings}})
 
     def report_eval(self, step: int, metrics: dict[str, float]) -> None:

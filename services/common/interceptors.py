@@ -14,6 +14,7 @@ from alignmesh.services.common.errors import AlignmeshError
 
 log = logging.getLogger("alignmesh.rpc")
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+HANDLER_TRAILER = "alignmesh-handler-us"  # server time in the handler, microseconds (see coordinator.rpcstats)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, unary: Callable, stream: Callable) -> grpc.RpcMethodHandler:
@@ -100,6 +101,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     out = await fn(request, context)
                     failed = False
+                    # the coordinator subtracts this from its wall time to get the transfer cost of the call
+                    context.set_trailing_metadata(((HANDLER_TRAILER, str(int((time.perf_counter() - start) * 1e6))),))
                     return out
                 finally:
                     metrics.IN_FLIGHT.labels(role).dec()
