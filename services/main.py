@@ -40,6 +40,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
         return build_coordinator(cfg)
     path = str(cfg.model_path())
+    be = None
     if role == "rollout":
         from alignmesh.services.rollout import backend, servicer
 
@@ -67,8 +68,13 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         from alignmesh.services.trainer import backend, servicer
 
         t = cfg.trainer
+        extra = {}
+        if t.backend == "deepspeed":  # each rank gets its share of the trainer's cores
+            extra = dict(processes=t.processes, zero_stage=t.zero_stage, dist_timeout_s=t.dist_timeout_s,
+                         threads=max(1, default_threads(cfg, "trainer") // t.processes))
         be = backend.create(t.backend, model_path=path, learning_rate=t.learning_rate, betas=t.betas,
-                            weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, device=t.device)
+                            weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, device=t.device,
+                            **extra)
         svc = servicer.TrainerServicer(be, _vocab(path))
     elif role == "critic":
         from alignmesh.services.trainer import backend, servicer
@@ -79,7 +85,9 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         svc = servicer.TrainerServicer(be, _vocab(path))
     else:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    return lambda server: servicer.add_to_server(svc, server)
+    register = (lambda server: servicer.add_to_server(svc, server))
+    register.close = getattr(be, "close", None)  # backends with processes of their own stop them
+    return register
 
 
 def run(role: str, cfg: ClusterConfig, port: int, metrics_port: int, host: str | None = None) -> None:
@@ -88,4 +96,4 @@ def run(role: str, cfg: ClusterConfig, port: int, metrics_port: int, host: str |
     register = build(role, cfg)
     spec = ServeSpec(role=role, host=host or cfg.host, port=port, metrics_port=metrics_port,
                      security=cfg.security)
-    asyncio.run(serve(spec, register))
+    asyncio.run(serve(spec, register, on_stop=getattr(register, "close", None)))

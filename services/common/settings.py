@@ -67,18 +67,30 @@ class ReferenceConfig:
 
 @dataclass
 class TrainerConfig:
+    # torch: one process (CPU or one GPU); deepspeed: ZeRO data parallel over `processes` ranks.
     backend: str = "torch"
     learning_rate: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda (deepspeed: rank r uses cuda:r)
+    processes: int = 1  # data-parallel ranks of the deepspeed backend
+    zero_stage: int = 2  # deepspeed ZeRO stage: 0, 1, 2 or 3
+    dist_timeout_s: float = 300.0  # timeout of every collective among the trainer's ranks
 
     def validate(self, where: str) -> None:
         _positive(where, "learning_rate", self.learning_rate)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{where}.betas: must be two numbers in [0, 1), got {self.betas}")
+        if self.backend not in ("torch", "deepspeed"):
+            raise ConfigError(f"{where}.backend: must be torch or deepspeed, got {self.backend!r}")
+        _positive(where, "processes", self.processes)
+        _positive(where, "dist_timeout_s", self.dist_timeout_s)
+        if self.processes > 1 and self.backend != "deepspeed":
+            raise ConfigError(f"{where}.processes: {self.processes} ranks need backend: deepspeed")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"{where}.zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
 
 
 @dataclass

@@ -36,6 +36,40 @@ def check_manifest(own: list[bk.Spec], incoming: list[bk.Spec]) -> None:
                                      f"{mine[name].dtype}{list(mine[name].shape)} here")
 
 
+def receive_verified(group: SyncGroup, version: int, specs: list[bk.Spec], bucket_bytes: int,
+                     serving: int) -> Staged:
+    """Receive one published version into fresh buffers, check the trailer and every bucket's checksum.
+
+    Raises SyncError when the transfer fails, Aborted when it arrives but does not verify (``serving`` is the
+    version that stays in use, for the message).
+    """
+    start = time.perf_counter()
+    plan = bk.plan(specs, bucket_bytes)
+    got, flats = _receive_buckets(group, plan)
+    if got[0] != version or got[1] != len(plan):
+        raise Aborted(f"weight sync: trailer says version {got[0]} with {got[1]} buckets, expected version "
+                      f"{version} with {len(plan)}; update discarded, still serving {serving}")
+    for i, flat in enumerate(flats):
+        if bk.checksum(flat) != (got[3 + 2 * i], got[4 + 2 * i]):
+            raise Aborted(f"weight sync: bucket {i} of {len(plan)} failed its checksum; update to version "
+                          f"{version} discarded, still serving {serving}")
+    tensors: dict[str, torch.Tensor] = {}
+    for bucket, flat in zip(plan, flats):
+        tensors.update(bk.unpack(bucket, flat))
+    return Staged(version, tensors, sum(b.nbytes for b in plan), len(plan), time.perf_counter() - start)
+
+
+def _receive_buckets(group: SyncGroup, plan: list[bk.Bucket]) -> tuple[list[int], list[torch.Tensor]]:
+    flats = []
+    for bucket in plan:
+        flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=group.device)
+        group.broadcast(flat)
+        flats.append(flat)
+    trailer = torch.zeros(bk.header_len(len(plan)), dtype=torch.int64, device=group.device)
+    group.broadcast(trailer)
+    return trailer.tolist(), flats
+
+
 class WeightReceiver:
     """Owns a model's weight version. ``lock`` guards the live weights: hold it while using the model."""
 
@@ -62,40 +96,14 @@ class WeightReceiver:
             raise InvalidArgument("version", f"must be newer than the served version {self.version}, got {version}")
         check_manifest(self.own_specs(), specs)
         self._staged = None
-        start = time.perf_counter()
-        plan = bk.plan(specs, bucket_bytes)
         try:
-            got, flats = self._receive_buckets(group, plan)
+            self._staged = receive_verified(group, version, specs, bucket_bytes, self.version)
         except SyncError as exc:
             self.group = None
             group.close()
             raise Aborted(f"weight sync to version {version} failed, still serving {self.version}; the sync "
                           f"group must be formed again: {exc}") from exc
-        if got[0] != version or got[1] != len(plan):
-            raise Aborted(f"weight sync: trailer says version {got[0]} with {got[1]} buckets, expected version "
-                          f"{version} with {len(plan)}; update discarded, still serving {self.version}")
-        for i, flat in enumerate(flats):
-            expect = (got[3 + 2 * i], got[4 + 2 * i])
-            if bk.checksum(flat) != expect:
-                raise Aborted(f"weight sync: bucket {i} of {len(plan)} failed its checksum; update to version "
-                              f"{version} discarded, still serving {self.version}")
-        tensors: dict[str, torch.Tensor] = {}
-        for bucket, flat in zip(plan, flats):
-            tensors.update(bk.unpack(bucket, flat))
-        self._staged = Staged(version, tensors, sum(b.nbytes for b in plan), len(plan),
-                              time.perf_counter() - start)
         return self._staged
-
-    @staticmethod
-    def _receive_buckets(group: SyncGroup, plan: list[bk.Bucket]) -> tuple[list[int], list[torch.Tensor]]:
-        flats = []
-        for bucket in plan:
-            flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=group.device)
-            group.broadcast(flat)
-            flats.append(flat)
-        trailer = torch.zeros(bk.header_len(len(plan)), dtype=torch.int64, device=group.device)
-        group.broadcast(trailer)
-        return trailer.tolist(), flats
 
     def commit(self, version: int) -> int:
         staged = self._staged
@@ -121,4 +129,4 @@ class WeightReceiver:
             old.close()
 
 
-__all__ = ["WeightReceiver", "Staged", "check_manifest", "SyncError"]
+__all__ = ["WeightReceiver", "Staged", "check_manifest", "receive_verified", "SyncError"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
@@ -26,19 +27,29 @@ def named_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 def publish(group: SyncGroup, named: list[tuple[str, torch.Tensor]], version: int,
             bucket_bytes: int, buffers: dict | None = None) -> PublishStats:
-    """Each bucket is packed and checksummed while the previous one is on the wire; the trailer with the
-    version and all checksums goes last. Without ``buffers`` at most two buckets are alive at once; with a dict
-    the packed buckets are kept there and reused by the next publish (faster, one model's worth of memory)."""
-    start = time.perf_counter()
+    """Publish a model's weights (see ``publish_buckets``)."""
     tensors = dict(named)
     plan = bk.plan(bk.specs_of(named), bucket_bytes)
+    return publish_buckets(group, ((b, tensors) for b in plan), version, buffers)
+
+
+def publish_buckets(group: SyncGroup, buckets: Iterable[tuple[bk.Bucket, dict[str, torch.Tensor]]], version: int,
+                    buffers: dict | None = None) -> PublishStats:
+    """Each bucket is packed and checksummed while the previous one is on the wire; the trailer with the
+    version and all checksums goes last. ``buckets`` yields each bucket with (at least) its tensors, so a sharded
+    trainer can gather one bucket's full parameters at a time. Without ``buffers`` at most two buckets are alive
+    at once; with a dict the packed buckets are kept there and reused by the next publish (faster, one model's
+    worth of memory)."""
+    start = time.perf_counter()
+    plan: list[bk.Bucket] = []
     sums: list[tuple[int, int]] = []
     pending = None
-    for i, bucket in enumerate(plan):
+    for i, (bucket, tensors) in enumerate(buckets):
         key = (i, bucket.dtype, bucket.numel)
         flat = bk.pack(bucket, tensors, buffers.get(key) if buffers is not None else None)
         if buffers is not None:
             buffers[key] = flat  # reused next time: no fresh pages to fault in
+        plan.append(bucket)
         sums.append(bk.checksum(flat))
         work = group.broadcast_async(flat)
         if pending is not None:

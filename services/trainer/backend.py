@@ -70,6 +70,22 @@ class TrainerBackend(Protocol):
     def publish(self, group_id: str, version: int, bucket_bytes: int) -> PublishStats: ...
 
 
+LOSS_NAMES = ("policy_gradient", "sft", "dpo")
+
+
+def check_step(batch: Experience, loss: LossSpec) -> None:
+    """What every policy trainer needs of a TrainStep's experience for its loss; raises InvalidArgument."""
+    from alignmesh.services.common.errors import InvalidArgument
+
+    if loss.name not in LOSS_NAMES:
+        raise InvalidArgument("loss.name", f"unknown loss {loss.name!r}; known: {list(LOSS_NAMES)}")
+    if loss.name == "policy_gradient" and batch.advantages is None:
+        raise InvalidArgument("advantages", "required by the policy_gradient loss")
+    if loss.name == "dpo" and (batch.ref_logprobs is None or batch.input_ids.shape[0] % 2):
+        raise InvalidArgument("ref_logprobs", "the dpo loss needs ref_logprobs and an even batch "
+                                              "(chosen rows first, then their rejected rows)")
+
+
 BACKENDS: dict[str, Callable[..., TrainerBackend]] = {}
 
 
@@ -85,6 +101,8 @@ def create(name: str, **kwargs) -> TrainerBackend:
         from alignmesh.services.trainer import torch_backend  # noqa: F401  (registers itself)
     if name == "critic":
         from alignmesh.services.trainer import critic_backend  # noqa: F401  (registers itself)
+    if name == "deepspeed":
+        from alignmesh.services.trainer import deepspeed_backend  # noqa: F401  (registers itself)
     if name not in BACKENDS:
-        raise ValueError(f"trainer.backend: unknown backend {name!r}; known: {sorted(BACKENDS) or ['torch']}")
+        raise ValueError(f"trainer.backend: unknown backend {name!r}; known: ['torch', 'deepspeed', 'critic']")
     return BACKENDS[name](**kwargs)

@@ -6,11 +6,13 @@ the previous checkpoint at ``path`` intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -28,22 +30,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
-         export_hf: bool = False, tokenizer_dir: str | None = None) -> Path:
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to fill; on success it is fsynced and renamed to ``path`` (the
+    previous checkpoint is replaced only then); on failure it is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        if export_hf:
-            model.save_pretrained(tmp / "hf")
-            if tokenizer_dir:
-                for name in os.listdir(tokenizer_dir):
-                    if name.startswith(("tokenizer", "special_tokens")):
-                        shutil.copy(Path(tokenizer_dir) / name, tmp / "hf" / name)
+        yield tmp
         _fsync_dir(tmp)
         old = None
         if path.exists():
@@ -55,7 +50,27 @@ def save(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+
+def write_hf_dir(model: torch.nn.Module, dest: Path, tokenizer_dir: str | None, state_dict: dict | None = None) -> None:
+    """A plain HF model directory (``from_pretrained`` loads it), with the tokenizer files copied beside."""
+    model.save_pretrained(dest, state_dict=state_dict)
+    if tokenizer_dir:
+        for name in os.listdir(tokenizer_dir):
+            if name.startswith(("tokenizer", "special_tokens")):
+                shutil.copy(Path(tokenizer_dir) / name, dest / name)
+
+
+def save(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
+         export_hf: bool = False, tokenizer_dir: str | None = None) -> Path:
+    with atomic_dir(path) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        if export_hf:
+            write_hf_dir(model, tmp / "hf", tokenizer_dir)
+    return Path(path)
 
 
 def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:

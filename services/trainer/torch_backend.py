@@ -15,10 +15,7 @@ from alignmesh.services.sync.group import GroupSpec, SyncGroup
 from alignmesh.services.sync.sender import PublishStats, named_weights, publish
 from alignmesh.services.trainer import checkpoint, losses
 from alignmesh.services.trainer.backend import (CheckpointInfo, Experience, LossSpec, TrainerStateInfo,
-                                                register)
-
-LOSS_NAMES = ("policy_gradient", "sft", "dpo")
-
+                                                check_step, register)
 
 @register("torch")
 class TorchTrainerBackend:
@@ -40,13 +37,7 @@ class TorchTrainerBackend:
 
     # -- training ---------------------------------------------------------------------------------------
     def train_step(self, batch: Experience, loss: LossSpec, learning_rate: float | None) -> tuple[int, dict]:
-        if loss.name not in LOSS_NAMES:
-            raise InvalidArgument("loss.name", f"unknown loss {loss.name!r}; known: {list(LOSS_NAMES)}")
-        if loss.name == "policy_gradient" and batch.advantages is None:
-            raise InvalidArgument("advantages", "required by the policy_gradient loss")
-        if loss.name == "dpo" and (batch.ref_logprobs is None or batch.input_ids.shape[0] % 2):
-            raise InvalidArgument("ref_logprobs", "the dpo loss needs ref_logprobs and an even batch "
-                                                  "(chosen rows first, then their rejected rows)")
+        check_step(batch, loss)
         with self.lock:
             if learning_rate is not None:
                 for g in self.optimizer.param_groups:

@@ -56,5 +56,9 @@ def test_grpo_through_services_raises_held_out_accuracy(tiny_model_dir, tmp_path
     assert Path(summary["curve_png"]).stat().st_size > 1000
     assert metric_value(coordinator_metrics, "alignmesh_weight_sync_bytes_total") >= 100 * 2_109_952 * 0.5
     assert metric_value(coordinator_metrics, "alignmesh_step_phase_seconds_count", phase="generate") >= 100
+    # experience over RPC: every step moved rollouts, rewards and a train batch, and the transfer is accounted
+    assert all(e.metrics["rpc_bytes_rollout"] > 0 and e.metrics["rpc_bytes_trainer"] > 0 for e in steps)
+    assert all(0 < e.metrics["rpc_ms"] < e.metrics["time_step"] * 1000 for e in steps)
+    assert metric_value(coordinator_metrics, "alignmesh_experience_rpc_bytes_total", role="trainer") > 0
     exported = AutoModelForCausalLM.from_pretrained(Path(job.run_dir) / "final" / "hf")
     assert sum(p.numel() for p in exported.parameters()) == 527_488
