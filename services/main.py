@@ -44,7 +44,9 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
     if role == "rollout":
         from alignmesh.services.rollout import backend, servicer
 
-        be = backend.create(cfg.rollout.backend, model_path=path, max_batch_size=cfg.rollout.max_batch_size)
+        r = cfg.rollout
+        extra = dict(kv_cache_gb=r.kv_cache_gb) if r.backend == "vllm" else {}
+        be = backend.create(r.backend, model_path=path, max_batch_size=r.max_batch_size, device=r.device, **extra)
         svc = servicer.RolloutServicer(be, _vocab(path))
     elif role == "reference":
         from alignmesh.services.reference import backend, servicer

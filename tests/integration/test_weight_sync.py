@@ -79,10 +79,19 @@ class Trainer:
         return gap
 
 
-@pytest.fixture(scope="module")
-def rollout(tiny_model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sync")
-    proc, address, _ = serve("rollout", cluster_yaml(tmp, tiny_model_dir), tmp / "rollout.log")
+def _backends():
+    import importlib.util
+
+    vllm = pytest.mark.vllm if importlib.util.find_spec("vllm") else pytest.mark.skip(reason="no vllm installed")
+    return ["hf", pytest.param("vllm", marks=vllm)]
+
+
+@pytest.fixture(scope="module", params=_backends())
+def rollout(tiny_model_dir, tmp_path_factory, request):
+    """A rollout replica on each backend; the tiny model ties its embeddings (vLLM on CPU must repack them)."""
+    tmp = tmp_path_factory.mktemp(f"sync-{request.param}")
+    proc, address, _ = serve("rollout", cluster_yaml(tmp, tiny_model_dir, rollout={"backend": request.param}),
+                             tmp / "rollout.log")
     yield proc, address
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
