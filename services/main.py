@@ -71,9 +71,9 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
         t = cfg.trainer
         extra = {}
-        if t.backend == "deepspeed":  # each rank gets its share of the trainer's cores
-            extra = dict(processes=t.processes, zero_stage=t.zero_stage, dist_timeout_s=t.dist_timeout_s,
-                         threads=max(1, default_threads(cfg, "trainer") // t.processes))
+        if t.backend in ("deepspeed", "megatron"):  # each rank gets its share of the trainer's cores
+            extra = dict(processes=t.processes, zero_stage=t.zero_stage, tensor_parallel=t.tensor_parallel,
+                         dist_timeout_s=t.dist_timeout_s, threads=max(1, default_threads(cfg, "trainer") // t.processes))
         be = backend.create(t.backend, model_path=path, learning_rate=t.learning_rate, betas=t.betas,
                             weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, device=t.device,
                             **extra)

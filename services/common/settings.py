@@ -72,7 +72,8 @@ class ReferenceConfig:
 
 @dataclass
 class TrainerConfig:
-    # torch: one process (CPU or one GPU); deepspeed: ZeRO data parallel over `processes` ranks.
+    # torch: one process (CPU or one GPU); deepspeed: ZeRO data parallel over `processes` ranks;
+    # megatron: megatron-core tensor parallel over `tensor_parallel` ranks x data parallel over the rest.
     backend: str = "torch"
     learning_rate: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
@@ -82,18 +83,22 @@ class TrainerConfig:
     device: str = "cpu"  # cpu, cuda (deepspeed: rank r uses cuda:r)
     processes: int = 1  # data-parallel ranks of the deepspeed backend
     zero_stage: int = 2  # deepspeed ZeRO stage: 0, 1, 2 or 3
+    tensor_parallel: int = 1  # megatron: ranks that split each layer (must divide processes)
     dist_timeout_s: float = 300.0  # timeout of every collective among the trainer's ranks
 
     def validate(self, where: str) -> None:
         _positive(where, "learning_rate", self.learning_rate)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{where}.betas: must be two numbers in [0, 1), got {self.betas}")
-        if self.backend not in ("torch", "deepspeed"):
-            raise ConfigError(f"{where}.backend: must be torch or deepspeed, got {self.backend!r}")
+        if self.backend not in ("torch", "deepspeed", "megatron"):
+            raise ConfigError(f"{where}.backend: must be torch, deepspeed or megatron, got {self.backend!r}")
         _positive(where, "processes", self.processes)
         _positive(where, "dist_timeout_s", self.dist_timeout_s)
-        if self.processes > 1 and self.backend != "deepspeed":
-            raise ConfigError(f"{where}.processes: {self.processes} ranks need backend: deepspeed")
+        if self.processes > 1 and self.backend == "torch":
+            raise ConfigError(f"{where}.processes: {self.processes} ranks need backend deepspeed or megatron")
+        if self.tensor_parallel < 1 or self.processes % self.tensor_parallel:
+            raise ConfigError(f"{where}.tensor_parallel: must divide processes ({self.processes}), "
+                              f"got {self.tensor_parallel}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"{where}.zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
 

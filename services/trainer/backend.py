@@ -101,8 +101,8 @@ def create(name: str, **kwargs) -> TrainerBackend:
         from alignmesh.services.trainer import torch_backend  # noqa: F401  (registers itself)
     if name == "critic":
         from alignmesh.services.trainer import critic_backend  # noqa: F401  (registers itself)
-    if name == "deepspeed":
-        from alignmesh.services.trainer import deepspeed_backend  # noqa: F401  (registers itself)
+    if name in ("deepspeed", "megatron"):
+        from alignmesh.services.trainer import parallel_backend  # noqa: F401  (registers both)
     if name not in BACKENDS:
-        raise ValueError(f"trainer.backend: unknown backend {name!r}; known: ['torch', 'deepspeed', 'critic']")
+        raise ValueError(f"trainer.backend: unknown backend {name!r}; known: ['torch', 'deepspeed', 'megatron', 'critic']")
     return BACKENDS[name](**kwargs)

@@ -61,6 +61,19 @@ def write_hf_dir(model: torch.nn.Module, dest: Path, tokenizer_dir: str | None, 
                 shutil.copy(Path(tokenizer_dir) / name, dest / name)
 
 
+def write_hf_files(dest: Path, state_dict: dict[str, torch.Tensor], model_dir: str) -> None:
+    """A plain HF model directory from full weights alone (no model object): the source directory's config,
+    generation config and tokenizer files, and ``model.safetensors`` with the given tensors."""
+    from safetensors.torch import save_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(model_dir):
+        if name in ("config.json", "generation_config.json") or name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(Path(model_dir) / name, dest / name)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(dest / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
 def save(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
          export_hf: bool = False, tokenizer_dir: str | None = None) -> Path:
     with atomic_dir(path) as tmp:

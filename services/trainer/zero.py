@@ -1,7 +1,7 @@
 """One rank of the DeepSpeed trainer: a ZeRO engine over the causal LM, and the work each rank does per command.
 
-Rank 0 (inside the trainer service) and ranks 1..N-1 (``zero_worker`` processes) call the same methods in the
-same order; rank 0 broadcasts each command first (see ``deepspeed_backend``). Data parallel: every rank takes a
+Rank 0 (inside the trainer service) and ranks 1..N-1 (``rank_worker`` processes) call the same methods in the
+same order; rank 0 broadcasts each command first (see ``parallel_backend``). Data parallel: every rank takes a
 contiguous shard of the batch's rows (a DPO pair stays on one rank). DeepSpeed averages gradients over ranks, so
 each rank's loss is normalised by the *global* token (or pair) count divided by the world size; the sum over ranks
 then equals the single-process loss of the whole batch.
@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from alignmesh.services.compat.deepspeed import launcher_env
+from alignmesh.services.compat.deepspeed import forget_groups, launcher_env
 from alignmesh.services.models.loading import load_causal_lm
 from alignmesh.services.models.logprobs import token_logprobs
 from alignmesh.services.sync import buckets as bk
@@ -30,7 +30,7 @@ class ZeroSettings:
     model_path: str
     zero_stage: int = 2
     learning_rate: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
@@ -175,6 +175,9 @@ class ZeroRank:
     def params(self) -> list[tuple[str, torch.nn.Parameter]]:
         return list(self.engine.module.named_parameters())
 
+    def names(self) -> list[str]:
+        return [name for name, _ in self.params()]
+
     def specs(self) -> list[bk.Spec]:
         """Full (unpartitioned) shapes in a stable order; ZeRO-3 keeps them in ``ds_shape``."""
         return [bk.Spec(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape))) for name, p in self.params()]
@@ -223,3 +226,8 @@ class ZeroRank:
 
     def close(self) -> None:
         self.engine.destroy()
+
+    @staticmethod
+    def forget() -> None:
+        """After the process group is destroyed: drop DeepSpeed's cached groups (a new trainer may follow)."""
+        forget_groups()

@@ -1,6 +1,6 @@
-"""A data-parallel rank (1..N-1) of the DeepSpeed trainer: ``python -m alignmesh.services.trainer.zero_worker``.
+"""Rank 1..N-1 of a multi-process trainer: ``python -m alignmesh.services.trainer.rank_worker --kind zero|megatron``.
 
-Started by the trainer service (rank 0, ``deepspeed_backend``); it waits for rank 0's commands and does its part
+Started by the trainer service (rank 0, ``parallel_backend``); it waits for rank 0's commands and does its part
 of each. It exits on ``stop``, or when rank 0 is gone (its command group connection closes).
 """
 
@@ -13,13 +13,12 @@ import logging
 import torch.distributed as dist
 
 from alignmesh.services.common import threads
-from alignmesh.services.trainer.deepspeed_backend import init_group
-from alignmesh.services.trainer.zero import ZeroRank, ZeroSettings
+from alignmesh.services.trainer.parallel_backend import RANK_KINDS, init_group, make_rank
 
-log = logging.getLogger("alignmesh.trainer.zero_worker")
+log = logging.getLogger("alignmesh.trainer.rank_worker")
 
 
-def execute(rank: ZeroRank, command: tuple) -> bool:
+def execute(rank, command: tuple) -> bool:
     """Do this rank's part of one command; False on ``stop``."""
     name, *args = command
     if name == "train":
@@ -29,7 +28,7 @@ def execute(rank: ZeroRank, command: tuple) -> bool:
             pass
     elif name == "save":
         rank.save_state(args[0])
-        with rank.gathered([n for n, _ in rank.params()]):
+        with rank.gathered(rank.names()):
             pass
     elif name == "load":
         rank.load_state(args[0])
@@ -44,18 +43,19 @@ def execute(rank: ZeroRank, command: tuple) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--kind", choices=sorted(RANK_KINDS), required=True)
     ap.add_argument("--rank", type=int, required=True)
     ap.add_argument("--world", type=int, required=True)
     ap.add_argument("--init-method", required=True)
     ap.add_argument("--timeout-s", type=float, default=300.0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--settings", required=True, help="ZeroSettings as JSON")
+    ap.add_argument("--settings", required=True, help="the rank's settings as JSON")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s trainer-rank{args.rank} %(levelname)s %(message)s")
     threads.apply(args.threads)
-    settings = ZeroSettings(**json.loads(args.settings))
-    commands = init_group(args.init_method, args.rank, args.world, settings.device, args.timeout_s)
-    rank = ZeroRank(settings)
+    settings = json.loads(args.settings)
+    commands = init_group(args.init_method, args.rank, args.world, settings["device"], args.timeout_s)
+    rank = make_rank(args.kind, settings)
     try:
         while True:
             box: list = [None]
@@ -65,6 +65,7 @@ def main() -> None:
     finally:
         rank.close()
         dist.destroy_process_group()
+        rank.forget()
 
 
 if __name__ == "__main__":

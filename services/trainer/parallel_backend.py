@@ -1,24 +1,26 @@
-"""DeepSpeed ZeRO trainer: one trainer service, N data-parallel processes.
+"""Multi-process trainers behind one trainer service: DeepSpeed ZeRO (data parallel) and Megatron-core (tensor and
+data parallel).
 
-The service process is rank 0. It starts ranks 1..N-1 (``python -m alignmesh.services.trainer.zero_worker``),
+The service process is rank 0. It starts ranks 1..N-1 (``python -m alignmesh.services.trainer.rank_worker``),
 forms the default ``torch.distributed`` group with them (gloo on CPU, NCCL on GPU; every collective carries
 ``dist_timeout_s``), and for every RPC that needs all ranks broadcasts a command on a separate gloo command group,
-then does its own part. Weight sync gathers full parameters one bucket at a time (a collective under ZeRO-3) and
-sends them over the side channel exactly as the single-process trainer does. Checkpoints hold DeepSpeed's
-partitioned optimizer state (``zero/``) beside consolidated weights (``model.safetensors``, optional ``hf/``),
+then does its own part. The per-rank work lives in a *rank* class (``zero.ZeroRank``, ``megatron_rank.MegatronRank``)
+with one interface, so this file is engine-blind. Weight sync gathers full parameters one bucket at a time (a
+collective) and sends them over the side channel exactly as the single-process trainer does. Checkpoints hold the
+engine's per-rank state (``ranks/``) beside consolidated HF weights (``model.safetensors``, optional ``hf/``),
 written atomically.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import logging
 import os
 import subprocess
 import sys
 import threading
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,7 +28,6 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from alignmesh.services.common import threads as thread_budget
-from alignmesh.services.compat.deepspeed import forget_groups
 from alignmesh.services.common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec, SyncGroup
@@ -34,10 +35,19 @@ from alignmesh.services.sync.sender import PublishStats, publish_buckets
 from alignmesh.services.trainer import checkpoint
 from alignmesh.services.trainer.backend import (CheckpointInfo, Experience, LossSpec, TrainerStateInfo,
                                                 check_step, register)
-from alignmesh.services.trainer.zero import ZeroRank, ZeroSettings
 
-log = logging.getLogger("alignmesh.trainer.deepspeed")
+log = logging.getLogger("alignmesh.trainer.parallel")
 IDLE_TIMEOUT = dt.timedelta(days=7)  # how long workers wait for the next command (a trainer may idle)
+RANK_KINDS = {  # kind -> (module, settings class, rank class)
+    "zero": ("alignmesh.services.trainer.zero", "ZeroSettings", "ZeroRank"),
+    "megatron": ("alignmesh.services.trainer.megatron_rank", "MegatronSettings", "MegatronRank"),
+}
+
+
+def make_rank(kind: str, settings: dict):
+    module, settings_cls, rank_cls = RANK_KINDS[kind]
+    mod = importlib.import_module(module)
+    return getattr(mod, rank_cls)(getattr(mod, settings_cls)(**settings))
 
 
 def free_port() -> int:
@@ -53,7 +63,7 @@ def rank_device(device: str, rank: int) -> str:
 
 
 def init_group(init_method: str, rank: int, world: int, device: str, timeout_s: float):
-    """The default group for ZeRO's collectives and the command group (gloo) for rank 0's commands."""
+    """The default group for the engine's collectives and the command group (gloo) for rank 0's commands."""
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(rank_device(device, rank))
@@ -62,16 +72,14 @@ def init_group(init_method: str, rank: int, world: int, device: str, timeout_s: 
     return dist.new_group(backend="gloo", timeout=IDLE_TIMEOUT)
 
 
-@register("deepspeed")
-class DeepSpeedTrainerBackend:
-    def __init__(self, model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
-                 grad_clip: float = 1.0, seed: int = 0, device: str = "cpu", processes: int = 2,
-                 zero_stage: int = 2, dist_timeout_s: float = 300.0, threads: int = 0):
-        if zero_stage not in (0, 1, 2, 3):
-            raise InvalidArgument("trainer.zero_stage", f"must be 0, 1, 2 or 3, got {zero_stage}")
-        self.model_path, self.device, self.world = model_path, device, processes
-        self.settings = ZeroSettings(model_path, zero_stage, learning_rate, tuple(betas), weight_decay, grad_clip,
-                                     seed, rank_device(device, 0))
+class ParallelTrainerBackend:
+    """Rank 0 of a multi-process trainer; ``kind`` picks the per-rank engine (see RANK_KINDS)."""
+
+    def __init__(self, kind: str, settings: dict, processes: int, device: str, dist_timeout_s: float,
+                 threads: int = 0):
+        self.kind, self.world, self.device = kind, processes, device
+        self.model_path = settings["model_path"]
+        self.settings = {**settings, "device": rank_device(device, 0)}
         self.threads = threads or thread_budget.share(processes)
         thread_budget.apply(self.threads)
         self.step, self.weight_version = 0, 0
@@ -82,14 +90,14 @@ class DeepSpeedTrainerBackend:
         port = free_port()
         self.workers = {r: self._spawn(r, port, dist_timeout_s) for r in range(1, processes)}
         self.commands = init_group(f"tcp://127.0.0.1:{port}", 0, processes, device, dist_timeout_s)
-        self.zr = ZeroRank(self.settings)
-        log.info("deepspeed trainer: %d ranks, ZeRO stage %d, %d threads each", processes, zero_stage, self.threads)
+        self.rank = make_rank(kind, self.settings)
+        log.info("%s trainer: %d ranks, %d threads each", kind, processes, self.threads)
 
     def _spawn(self, rank: int, port: int, timeout_s: float) -> subprocess.Popen:
-        settings = {**asdict(self.settings), "device": rank_device(self.device, rank)}
+        settings = {**self.settings, "device": rank_device(self.device, rank)}
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
-        return subprocess.Popen([sys.executable, "-m", "alignmesh.services.trainer.zero_worker",
-                                 "--rank", str(rank), "--world", str(self.world),
+        return subprocess.Popen([sys.executable, "-m", "alignmesh.services.trainer.rank_worker",
+                                 "--kind", self.kind, "--rank", str(rank), "--world", str(self.world),
                                  "--init-method", f"tcp://127.0.0.1:{port}", "--timeout-s", str(timeout_s),
                                  "--threads", str(self.threads), "--settings", json.dumps(settings)], env=env)
 
@@ -99,12 +107,12 @@ class DeepSpeedTrainerBackend:
             raise FailedPrecondition(f"trainer: {self.broken}; restart the trainer service")
         dead = [str(r) for r, w in self.workers.items() if w.poll() is not None]
         if dead:
-            self.broken = f"data-parallel rank(s) {', '.join(dead)} exited"
+            self.broken = f"rank(s) {', '.join(dead)} exited"
             raise Aborted(f"trainer: {self.broken}; restart the trainer service")
         try:
             dist.broadcast_object_list([command], src=0, group=self.commands)
         except Exception as exc:
-            self.broken = f"cannot reach the data-parallel ranks ({exc})"
+            self.broken = f"cannot reach the other ranks ({exc})"
             raise Aborted(f"trainer: {self.broken}") from exc
 
     def _collective(self, what: str, fn, *args):
@@ -129,35 +137,33 @@ class DeepSpeedTrainerBackend:
         return self.step, stats
 
     def _train(self, batch: Experience, loss: LossSpec, lr: float | None) -> dict[str, float]:
-        mine = self.zr.train(_to(batch, self.settings.device), loss, lr)
+        mine = self.rank.train(_to(batch, self.settings["device"]), loss, lr)
         shares: list = [None] * self.world
         dist.gather_object(mine, shares, dst=0)
         stats: dict[str, float] = {}
         for share in shares:
             for k, v in share.items():
                 stats[k] = stats.get(k, 0.0) + v
-        stats.update(grad_norm=self.zr.grad_norm(), lr=self.zr.lr(), ranks=float(self.world))
+        stats.update(grad_norm=self.rank.grad_norm(), lr=self.rank.lr(), ranks=float(self.world))
         return stats
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str, export_hf: bool) -> CheckpointInfo:
         with self.lock, checkpoint.atomic_dir(path) as tmp:
-            self._send("save", str(tmp / "zero"))
+            self._send("save", str(tmp / "ranks"))
             self._collective("checkpoint", self._save, tmp, export_hf)
         return CheckpointInfo(path, self.step, self.weight_version)
 
     def _save(self, tmp: Path, export_hf: bool) -> None:
-        self.zr.save_state(str(tmp / "zero"))
-        names = [name for name, _ in self.zr.params()]
-        with self.zr.gathered(names) as full:
+        self.rank.save_state(str(tmp / "ranks"))
+        with self.rank.gathered(self.rank.names()) as full:
             cpu = {n: t.detach().cpu().contiguous() for n, t in full.items()}
         save_file(cpu, str(tmp / "model.safetensors"))
         if export_hf:
-            checkpoint.write_hf_dir(self.zr.engine.module, tmp / "hf", self.model_path, state_dict=cpu)
+            checkpoint.write_hf_files(tmp / "hf", cpu, self.model_path)
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({"step": self.step, "weight_version": self.weight_version,
-                                                    "world_size": self.world,
-                                                    "zero_stage": self.settings.zero_stage}, indent=2))
+                                                    "engine": self.kind, "world_size": self.world}, indent=2))
 
     def load_checkpoint(self, path: str) -> CheckpointInfo:
         """A checkpoint of this backend restores everything; a plain HF model directory loads its weights with a
@@ -166,28 +172,29 @@ class DeepSpeedTrainerBackend:
         with self.lock:
             if not (root / "state.json").is_file() and (root / "config.json").is_file():
                 self._send("reload", path)
-                self._collective("reload", self.zr.reload, path)
+                self._collective("reload", self.rank.reload, path)
                 self.step = 0
                 return CheckpointInfo(path, self.step, self.weight_version)
-            if not (root / "zero").is_dir():
-                raise NotFound(f"path: {path} holds no DeepSpeed trainer checkpoint (no zero/ directory)")
+            if not (root / "ranks").is_dir():
+                raise NotFound(f"path: {path} holds no {self.kind} trainer checkpoint (no ranks/ directory)")
             state = json.loads((root / "state.json").read_text())
-            if state.get("world_size") != self.world:
-                raise FailedPrecondition(f"path: written by {state.get('world_size')} ranks, this trainer has "
-                                         f"{self.world}; set trainer.processes to match")
-            self._send("load", str(root / "zero"))
-            self._collective("checkpoint load", self.zr.load_state, str(root / "zero"))
+            if state.get("world_size") != self.world or state.get("engine") != self.kind:
+                raise FailedPrecondition(f"path: written by a {state.get('engine')} trainer of "
+                                         f"{state.get('world_size')} ranks, this is a {self.kind} trainer of "
+                                         f"{self.world}; start the trainer with the same layout")
+            self._send("load", str(root / "ranks"))
+            self._collective("checkpoint load", self.rank.load_state, str(root / "ranks"))
             torch.set_rng_state(torch.load(root / "rng.pt", weights_only=True)["torch"])
             self.step, self.weight_version = int(state["step"]), int(state["weight_version"])
         return CheckpointInfo(path, self.step, self.weight_version)
 
     def state(self) -> TrainerStateInfo:
-        n = sum(s.numel for s in self.zr.specs())
-        return TrainerStateInfo(self.step, self.weight_version, n, f"{self.device} x{self.world}", self.zr.lr())
+        n = sum(s.numel for s in self.rank.specs())
+        return TrainerStateInfo(self.step, self.weight_version, n, f"{self.device} x{self.world}", self.rank.lr())
 
     # -- weight sync ------------------------------------------------------------------------------------
     def manifest(self) -> list[bk.Spec]:
-        return self.zr.specs()
+        return self.rank.specs()
 
     def join_sync_group(self, spec: GroupSpec) -> str:
         if spec.rank != 0:
@@ -195,7 +202,7 @@ class DeepSpeedTrainerBackend:
         old = self.groups.pop(spec.group_id, None)
         if old is not None:
             old.close()
-        group = SyncGroup(spec, self.settings.device)
+        group = SyncGroup(spec, self.settings["device"])
         self.groups[spec.group_id] = group
         return group.backend
 
@@ -205,7 +212,7 @@ class DeepSpeedTrainerBackend:
             raise FailedPrecondition(f"group_id: not a member of sync group {group_id!r}; join it first")
         with self.lock:
             self._send("gather", bucket_bytes)
-            buckets = self.zr.gather_buckets(bucket_bytes)
+            buckets = self.rank.gather_buckets(bucket_bytes)
             try:
                 stats = publish_buckets(group, buckets, version, self._sync_buffers)
             except Exception:
@@ -220,7 +227,7 @@ class DeepSpeedTrainerBackend:
         with self.lock:
             if not self.broken:
                 self._send("stop")
-            self.zr.close()
+            self.rank.close()
             for group in self.groups.values():
                 group.close()
             self.groups.clear()
@@ -230,7 +237,34 @@ class DeepSpeedTrainerBackend:
             except subprocess.TimeoutExpired:
                 w.kill()
         dist.destroy_process_group()
-        forget_groups()
+        self.rank.forget()
+
+
+@register("deepspeed")
+def deepspeed_trainer(model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
+                      grad_clip: float = 1.0, seed: int = 0, device: str = "cpu", processes: int = 2,
+                      zero_stage: int = 2, dist_timeout_s: float = 300.0, threads: int = 0,
+                      **unused) -> ParallelTrainerBackend:
+    """DeepSpeed ZeRO (stage 0-3), data parallel over ``processes`` ranks."""
+    if zero_stage not in (0, 1, 2, 3):
+        raise InvalidArgument("trainer.zero_stage", f"must be 0, 1, 2 or 3, got {zero_stage}")
+    settings = dict(model_path=model_path, zero_stage=zero_stage, learning_rate=learning_rate, betas=list(betas),
+                    weight_decay=weight_decay, grad_clip=grad_clip, seed=seed)
+    return ParallelTrainerBackend("zero", settings, processes, device, dist_timeout_s, threads)
+
+
+@register("megatron")
+def megatron_trainer(model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
+                     grad_clip: float = 1.0, seed: int = 0, device: str = "cpu", processes: int = 2,
+                     tensor_parallel: int = 2, dist_timeout_s: float = 300.0, threads: int = 0,
+                     **unused) -> ParallelTrainerBackend:
+    """Megatron-core GPTModel: tensor parallel over ``tensor_parallel`` ranks, data parallel over the rest."""
+    if tensor_parallel < 1 or processes % tensor_parallel:
+        raise InvalidArgument("trainer.tensor_parallel", f"must divide trainer.processes ({processes}), "
+                                                         f"got {tensor_parallel}")
+    settings = dict(model_path=model_path, tensor_parallel=tensor_parallel, learning_rate=learning_rate,
+                    betas=list(betas), weight_decay=weight_decay, grad_clip=grad_clip, seed=seed)
+    return ParallelTrainerBackend("megatron", settings, processes, device, dist_timeout_s, threads)
 
 
 def _drain(buckets) -> None:

@@ -1,0 +1,245 @@
+"""One rank of the Megatron-core trainer: tensor parallel over ``tensor_parallel`` ranks, data parallel over the
+rest (``processes / tensor_parallel`` replicas of the model, each on its own shard of the batch).
+
+Same interface and command order as ``zero.ZeroRank`` (driven by ``parallel_backend``). The ranks of one
+tensor-parallel group see the same rows; data-parallel replicas average their gradients with an all-reduce before
+the optimizer step, and losses are normalised by the global token count so the sum over replicas equals the
+single-process loss. Gradient clipping uses the global norm over all shards, as the single-process trainer does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from alignmesh.services.compat.megatron import apply_cpu_shims
+from alignmesh.services.sync import buckets as bk
+from alignmesh.services.trainer import losses
+from alignmesh.services.trainer.backend import Experience, LossSpec
+from alignmesh.services.trainer.megatron_model import Shape, build_gpt, causal_mask, hf_from_shards, megatron_shard
+from alignmesh.services.trainer.megatron_model import replicated_param, sources
+from alignmesh.services.trainer.zero import micro_slices, select, shard_rows
+
+
+@dataclass
+class MegatronSettings:
+    model_path: str
+    tensor_parallel: int = 1
+    learning_rate: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+
+
+def hf_weights(path: str) -> tuple[dict[str, torch.Tensor], object]:
+    from transformers import AutoConfig
+
+    from alignmesh.services.models.loading import load_causal_lm
+
+    model = load_causal_lm(path, "cpu")
+    return {n: p.detach() for n, p in model.named_parameters()}, AutoConfig.from_pretrained(path)
+
+
+class MegatronRank:
+    def __init__(self, s: MegatronSettings):
+        from megatron.core import parallel_state as ps
+        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+        apply_cpu_shims()
+        self.s, self.ps = s, ps
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        ps.initialize_model_parallel(tensor_model_parallel_size=s.tensor_parallel)
+        self.tp_rank, self.dp_rank = ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()
+        self.dp = self.world // s.tensor_parallel
+        torch.manual_seed(s.seed)
+        get_cuda_rng_tracker().reset()
+        get_cuda_rng_tracker().add("model-parallel-rng", s.seed + 2718 + self.tp_rank)  # Megatron's convention
+        hf, config = hf_weights(s.model_path)
+        self.shape = Shape.of(config)
+        self.shape.check(s.tensor_parallel)
+        self.hf_names = list(hf)
+        self.hf_specs = bk.specs_of(list(hf.items()))
+        self.model = build_gpt(self.shape, s.tensor_parallel).to(s.device)
+        self._load_hf(hf)
+        self._last_norm = 0.0
+
+    def _load_hf(self, hf: dict[str, torch.Tensor]) -> None:
+        mine = megatron_shard(hf, self.shape, self.s.tensor_parallel, self.tp_rank)
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                p.copy_(mine[name])
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.s.learning_rate,
+                                           betas=tuple(self.s.betas), weight_decay=self.s.weight_decay)
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``token_logprobs`` of the HF model, from vocab-parallel logits (a collective over the TP group)."""
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        width = ids.shape[1]
+        pos = torch.arange(width, device=ids.device).unsqueeze(0).expand_as(ids)
+        logits = self.model(ids, pos, causal_mask(width).to(ids.device))  # [B, T, V / tp]
+        nll = vocab_parallel_cross_entropy(logits[:, :-1].float().contiguous(), ids[:, 1:].contiguous())
+        out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        out[:, 1:] = -nll * mask[:, 1:].to(nll.dtype)
+        return out
+
+    # -- training ---------------------------------------------------------------------------------------
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def train(self, batch: Experience, loss: LossSpec, lr: float | None) -> dict[str, float]:
+        if lr is not None:
+            self.set_lr(lr)
+        paired = loss.name == "dpo"
+        n = batch.input_ids.shape[0]
+        self._dummy = (batch.input_ids[:1], batch.attention_mask[:1])
+        shard = select(batch, shard_rows(n, self.dp_rank, self.dp, paired))
+        size = 0 if paired else loss.micro_batch_size
+        slices = micro_slices(shard.input_ids.shape[0], math.ceil(n / self.dp), size)
+        old = None
+        if loss.name == "policy_gradient" and loss.epochs > 1:
+            with torch.no_grad():
+                old = torch.cat([self._logprobs(shard, sl) for sl in slices])
+        stats: dict[str, float] = {}
+        for _ in range(max(1, loss.epochs)):
+            self.optimizer.zero_grad(set_to_none=True)
+            if paired:
+                stats = self._dpo_backward(shard, loss, n // 2)
+            else:
+                stats = self._backward(shard, loss, old, slices, float(batch.loss_mask.sum().clamp(min=1.0)))
+            self._step()
+        return stats if self.tp_rank == 0 else {}  # TP ranks hold the same numbers: count them once
+
+    def _logprobs(self, b: Experience, sl: slice) -> torch.Tensor:
+        if b.input_ids[sl].shape[0] == 0:  # every TP rank must join the forward's collectives
+            self.logprobs(*self._dummy)
+            return torch.zeros((0, b.input_ids.shape[1]))
+        return self.logprobs(b.input_ids[sl], b.attention_mask[sl])
+
+    def _backward(self, b: Experience, loss: LossSpec, old, slices: list[slice], tokens: float) -> dict[str, float]:
+        normalizer = tokens / self.dp  # gradients are averaged over data-parallel replicas
+        totals: dict[str, float] = {}
+        for sl in slices:
+            if b.input_ids[sl].shape[0] == 0:
+                (self.logprobs(*self._dummy).sum() * 0.0).backward()
+                continue
+            logp = self.logprobs(b.input_ids[sl], b.attention_mask[sl])
+            if loss.name == "sft":
+                value, stats = losses.sft_loss(logp, b.loss_mask[sl], normalizer)
+            else:
+                ref = b.ref_logprobs[sl] if b.ref_logprobs is not None else None
+                old_s = old[sl] if old is not None else logp.detach()
+                value, stats = losses.policy_gradient_loss(logp, old_s, b.advantages[sl], b.loss_mask[sl],
+                                                           loss.clip_eps, ref, loss.kl_coef, normalizer)
+            value.backward()
+            totals["loss"] = totals.get("loss", 0.0) + float(value.detach()) / self.dp
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / self.dp
+        totals["tokens"] = tokens / self.dp
+        return totals
+
+    def _dpo_backward(self, b: Experience, loss: LossSpec, pairs: int) -> dict[str, float]:
+        mine = b.input_ids.shape[0] // 2
+        if mine == 0:
+            (self.logprobs(*self._dummy).sum() * 0.0).backward()
+            return {}
+        seq = losses.sequence_logprobs(self.logprobs(b.input_ids, b.attention_mask), b.loss_mask)
+        ref = losses.sequence_logprobs(b.ref_logprobs, b.loss_mask)
+        value, stats = losses.dpo_loss(seq[:mine], seq[mine:], ref[:mine], ref[mine:], loss.beta, loss.variant,
+                                       loss.label_smoothing)
+        weight = mine / pairs
+        (value * weight * self.dp).backward()
+        return {"loss": float(value.detach()) * weight, **{k: float(v) * weight for k, v in stats.items()},
+                "pairs": float(mine)}
+
+    def _step(self) -> None:
+        named = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
+        if self.dp > 1:
+            group = self.ps.get_data_parallel_group()
+            for _, p in named:
+                dist.all_reduce(p.grad, group=group)
+                p.grad.div_(self.dp)
+        self._last_norm = self._clip(named)
+        self.optimizer.step()
+
+    def _clip(self, named: list[tuple[str, torch.nn.Parameter]]) -> float:
+        """Global gradient norm over the TP shards (replicated tensors counted once), then clip like
+        ``torch.nn.utils.clip_grad_norm_``."""
+        sharded = sum(float(p.grad.pow(2).sum()) for n, p in named if not replicated_param(n))
+        replicated = sum(float(p.grad.pow(2).sum()) for n, p in named if replicated_param(n))
+        total = torch.tensor([sharded], dtype=torch.float64)
+        dist.all_reduce(total, group=self.ps.get_tensor_model_parallel_group())
+        norm = math.sqrt(float(total) + replicated)
+        coef = self.s.grad_clip / (norm + 1e-6)
+        if coef < 1.0:
+            for _, p in named:
+                p.grad.mul_(coef)
+        return norm
+
+    def grad_norm(self) -> float:
+        return self._last_norm
+
+    # -- parameters -------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self.hf_names)
+
+    def specs(self) -> list[bk.Spec]:
+        return list(self.hf_specs)
+
+    @contextlib.contextmanager
+    def gathered(self, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+        """Full HF tensors of ``names``: every rank all-gathers the Megatron shards they come from over its
+        tensor-parallel group (a collective: every rank enters with the same names)."""
+        params = dict(self.model.named_parameters())
+        group = self.ps.get_tensor_model_parallel_group()
+        needed = sorted({src for n in names for src in sources(n)})
+        shards: dict[str, list[torch.Tensor]] = {}
+        for src in needed:
+            local = params[src].detach().contiguous()
+            parts = [torch.empty_like(local) for _ in range(self.s.tensor_parallel)]
+            dist.all_gather(parts, local, group=group)
+            shards[src] = parts
+        yield hf_from_shards(shards, self.shape, names)
+
+    def gather_buckets(self, bucket_bytes: int):
+        for bucket in bk.plan(self.hf_specs, bucket_bytes):
+            with self.gathered([s.name for s in bucket.specs]) as tensors:
+                yield bucket, tensors
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def save_state(self, directory: str) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
+                   Path(directory) / f"rank{self.rank:04d}.pt")
+        dist.barrier()
+
+    def load_state(self, directory: str) -> None:
+        state = torch.load(Path(directory) / f"rank{self.rank:04d}.pt", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        dist.barrier()
+
+    def reload(self, path: str) -> None:
+        lr = self.lr()
+        self._load_hf(hf_weights(path)[0])
+        self.set_lr(lr)
+
+    def close(self) -> None:
+        self.ps.destroy_model_parallel()
+
+    @staticmethod
+    def forget() -> None:
+        pass
