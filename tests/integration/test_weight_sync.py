@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import signal
 import time
@@ -70,13 +71,18 @@ class Trainer:
 
     def max_logprob_gap(self) -> float:
         prompts, comp, n, logp, _ = self.sequences()
-        gap = 0.0
-        with torch.no_grad():
-            for i, p in enumerate(prompts):
-                seq = torch.tensor([p + comp[i, :n[i]].tolist()])
-                mine = token_logprobs(self.model, seq, torch.ones_like(seq))[0, len(p):]
-                gap = max(gap, float((mine - logp[i, :n[i]]).abs().max()))
-        return gap
+        return logprob_gap(self.model, prompts, comp, n, logp)
+
+
+def logprob_gap(model, prompts, comp, n, logp) -> float:
+    """Largest |logprob the replica reported - logprob under ``model``| over the completions."""
+    gap = 0.0
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            seq = torch.tensor([p + comp[i, :n[i]].tolist()])
+            mine = token_logprobs(model, seq, torch.ones_like(seq))[0, len(p):]
+            gap = max(gap, float((mine - logp[i, :n[i]]).abs().max()))
+    return gap
 
 
 def _backends():
@@ -159,6 +165,43 @@ def test_wrong_manifest_is_refused_before_any_transfer(trainer):
     assert "model.embed_tokens.weight" in err.value.details()
 
 
+def test_commit_is_atomic_for_requests_in_flight(trainer):
+    """Generate calls racing a commit: each one is served wholly by one version, the one it reports (its logprobs
+    match that version's weights), never by a mix."""
+    import threading
+
+    old = copy.deepcopy(trainer.model)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        for p in trainer.model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    fut = trainer.prepare("g1", 3)
+    publish(trainer.group, named_weights(trainer.model), 3, BUCKET)
+    assert fut.result().version == 3
+    results, errors = {}, []
+
+    def generate(k: int):
+        try:
+            results[k] = trainer.sequences()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=generate, args=(k,)) for k in range(8)]
+    for t in threads[:4]:
+        t.start()
+    trainer.stub.CommitWeightUpdate(weights_pb2.CommitWeightUpdateRequest(version=3), timeout=30)
+    for t in threads[4:]:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 8
+    assert all(results[k][4] == 3 for k in range(4, 8))  # started after the commit returned
+    models = {1: old, 3: trainer.model}
+    for prompts, comp, n, logp, version in results.values():
+        assert version in models
+        assert logprob_gap(models[version], prompts, comp, n, logp) <= 1e-5
+
+
 def test_silent_peer_times_out_instead_of_hanging(trainer):
     trainer.form("g2", timeout_s=3)  # a fresh group with a short timeout; the replica never prepares
     start = time.monotonic()
@@ -174,5 +217,5 @@ def test_killed_peer_fails_the_sync_within_its_timeout(trainer, rollout):
     proc.wait(10)
     start = time.monotonic()
     with pytest.raises(SyncError):
-        publish(trainer.group, named_weights(trainer.model), 4, BUCKET)
+        publish(trainer.group, named_weights(trainer.model), 5, BUCKET)
     assert time.monotonic() - start < 10 + 5
