@@ -51,7 +51,8 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
     elif role == "reference":
         from alignmesh.services.reference import backend, servicer
 
-        be = backend.TorchReferenceBackend(path, micro_batch_size=cfg.reference.micro_batch_size)
+        be = backend.TorchReferenceBackend(path, device=cfg.reference.device,
+                                           micro_batch_size=cfg.reference.micro_batch_size)
         svc = servicer.ReferenceServicer(be, _vocab(path))
     elif role == "reward":
         from alignmesh.services.reward import servicer

@@ -65,6 +65,7 @@ class RewardConfig:
 class ReferenceConfig:
     replicas: int = 1
     micro_batch_size: int = 512
+    device: str = "cpu"
 
     def validate(self, where: str) -> None:
         _positive(where, "replicas", self.replicas)
