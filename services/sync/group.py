@@ -8,12 +8,16 @@ collective carries a timeout: a dead or silent peer makes it raise, never hang.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from alignmesh.services.common.errors import Aborted
+
+
+WATCHDOG_MARGIN = dt.timedelta(seconds=30)
 
 
 class SyncError(Aborted):
@@ -58,7 +62,9 @@ class SyncGroup:
     def _make_pg(self, store: dist.Store):
         if self.backend == "nccl":
             opts = dist.ProcessGroupNCCL.Options()
-            opts._timeout = self.timeout
+            # NCCL's watchdog tears the process down when a collective outlives its timeout; give it a margin
+            # so that our own deadline (``wait``) fires first and the failure is an error, not a crash.
+            opts._timeout = self.timeout + WATCHDOG_MARGIN
             torch.cuda.set_device(self.device)
             return dist.ProcessGroupNCCL(store, self.spec.rank, self.spec.world_size, opts)
         return dist.ProcessGroupGloo(store, self.spec.rank, self.spec.world_size, self.timeout)
@@ -77,7 +83,13 @@ class SyncGroup:
             raise SyncError(f"broadcast on group {self.spec.group_id} failed: {exc}") from exc
 
     def wait(self, work) -> None:
+        """Wait for one collective. gloo blocks with the group's timeout; NCCL's ``wait`` only orders streams, so
+        its completion is polled on the host against the same deadline and a late collective aborts the group."""
         try:
+            if self.backend == "nccl":
+                if not poll(work, self.timeout.total_seconds()):
+                    self.close()
+                    raise TimeoutError("not completed by the deadline; group aborted")
             work.wait(self.timeout)
         except Exception as exc:
             raise SyncError(f"broadcast on group {self.spec.group_id} failed or timed out after "
@@ -85,8 +97,20 @@ class SyncGroup:
 
     def close(self) -> None:
         pg, self.pg = self.pg, None
-        if pg is not None and hasattr(pg, "shutdown"):
-            try:
-                pg.shutdown()
-            except Exception:
-                pass
+        for method in ("abort", "shutdown") if self.backend == "nccl" else ("shutdown",):
+            if pg is not None and hasattr(pg, method):
+                try:
+                    getattr(pg, method)()
+                    return
+                except Exception:
+                    pass
+
+
+def poll(work, timeout_s: float, interval_s: float = 0.0005) -> bool:
+    """True once ``work`` completes (successfully or not), False if it has not by ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not work.is_completed():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
+    return True
