@@ -12,6 +12,7 @@ TRL: one process with 2 threads. Step time = median over the steps after the fir
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import statistics
 import subprocess
@@ -66,9 +67,9 @@ def main() -> None:
     out = Path(args.out)
     start = time.time()
     init, a = ours(args.init, args, out)
-    subprocess.run([args.trl_python, str(HERE / "trl_side.py"), init, str(out / "trl.json"), "--steps",
+    subprocess.run([os.path.abspath(args.trl_python), str(HERE / "trl_side.py"), init, str(out / "trl.json"), "--steps",
                     str(args.steps), "--prompts", str(args.prompts), "--group", str(args.group), "--lr",
-                    str(args.lr)], check=True, cwd=HERE, env={**__import__("os").environ, "OMP_NUM_THREADS": "2"})
+                    str(args.lr)], check=True, cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "2"})
     t = json.loads((out / "trl.json").read_text())
     rows = [["system", "step s (median)", "samples/s", "tokens budget", "held-out before", "after"]]
     for name, r in ((f"alignmesh ({args.rollout} rollout)", a), ("TRL GRPOTrainer (no vLLM)", t)):

@@ -89,24 +89,31 @@ def _backends():
     import importlib.util
 
     vllm = pytest.mark.vllm if importlib.util.find_spec("vllm") else pytest.mark.skip(reason="no vllm installed")
-    return ["hf", pytest.param("vllm", marks=vllm)]
+    return [pytest.param(("hf", True), id="hf"), pytest.param(("vllm", True), marks=vllm, id="vllm"),
+            pytest.param(("vllm", False), marks=vllm, id="vllm-untied")]
 
 
 @pytest.fixture(scope="module", params=_backends())
 def rollout(tiny_model_dir, tmp_path_factory, request):
-    """A rollout replica on each backend; the tiny model ties its embeddings (vLLM on CPU must repack them)."""
-    tmp = tmp_path_factory.mktemp(f"sync-{request.param}")
-    proc, address, _ = serve("rollout", cluster_yaml(tmp, tiny_model_dir, rollout={"backend": request.param}),
-                             tmp / "rollout.log")
-    yield proc, address
+    """A rollout replica on each backend. The default tiny model ties its embeddings (vLLM on CPU must repack
+    them); the untied variant has its own output layer."""
+    backend, tied = request.param
+    tmp = tmp_path_factory.mktemp(f"sync-{backend}-{'tied' if tied else 'untied'}")
+    model = tiny_model_dir
+    if not tied:
+        from alignmesh.services.models.tiny import create_model_dir
+
+        model = create_model_dir(tmp / "untied", seed=0, tie=False)
+    proc, address, _ = serve("rollout", cluster_yaml(tmp, model, rollout={"backend": backend}), tmp / "rollout.log")
+    yield proc, address, model
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
 
 
 @pytest.fixture(scope="module")
-def trainer(tiny_model_dir, rollout):
-    t = Trainer(tiny_model_dir, rollout[1])
+def trainer(rollout):
+    t = Trainer(rollout[2], rollout[1])
     with torch.no_grad():  # the trainer's weights differ from the replica's initial ones
         g = torch.Generator().manual_seed(1)
         for p in t.model.parameters():
@@ -120,7 +127,9 @@ def test_after_sync_replica_logprobs_equal_trainer_logprobs(trainer):
     fut = trainer.prepare("g1", 1)
     stats = publish(trainer.group, named_weights(trainer.model), 1, BUCKET)
     staged = fut.result()
-    assert staged.version == 1 and staged.buckets == stats.buckets > 1 and staged.bytes == stats.bytes == 2_109_952
+    size = sum(spec.nbytes for spec in bk.specs_of(named_weights(trainer.model)))
+    assert size == (2_109_952 if trainer.model.config.tie_word_embeddings else 2_109_952 + 20 * 128 * 4)
+    assert staged.version == 1 and staged.buckets == stats.buckets > 1 and staged.bytes == stats.bytes == size
     assert trainer.version().staged_version == 1 and trainer.version().version == 0
     trainer.stub.CommitWeightUpdate(weights_pb2.CommitWeightUpdateRequest(version=1), timeout=10)
     assert trainer.version().version == 1
@@ -211,7 +220,7 @@ def test_silent_peer_times_out_instead_of_hanging(trainer):
 
 
 def test_killed_peer_fails_the_sync_within_its_timeout(trainer, rollout):
-    proc, _ = rollout
+    proc = rollout[0]
     trainer.form("g3", timeout_s=10)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)

@@ -65,16 +65,17 @@ CASES = {
 
 
 def _engine(name: str):
-    engine = {"zero2": "deepspeed", "zero3": "deepspeed", "megatron_tp2": "megatron", "megatron_dp2": "megatron"}[name]
+    engine = "deepspeed" if name.startswith("zero") else "megatron"
     pytest.importorskip({"deepspeed": "deepspeed", "megatron": "megatron.core"}[engine])
     if engine == "deepspeed":
         return lambda path: deepspeed_trainer(path, learning_rate=1e-3, seed=0, processes=2,
                                               zero_stage=int(name[-1]), dist_timeout_s=60)
-    return lambda path: megatron_trainer(path, learning_rate=1e-3, seed=0, processes=2,
-                                         tensor_parallel=2 if name.endswith("tp2") else 1, dist_timeout_s=60)
+    processes, tp = {"megatron_tp1": (1, 1), "megatron_tp2": (2, 2), "megatron_dp2": (2, 1)}[name]
+    return lambda path: megatron_trainer(path, learning_rate=1e-3, seed=0, processes=processes,
+                                         tensor_parallel=tp, dist_timeout_s=60)
 
 
-@pytest.mark.parametrize("engine", ["zero2", "zero3", "megatron_tp2", "megatron_dp2"])
+@pytest.mark.parametrize("engine", ["zero2", "zero3", "megatron_tp1", "megatron_tp2", "megatron_dp2"])
 def test_one_step_matches_the_single_process_trainer(tiny_model_dir, single, engine, tmp_path):
     ds = _engine(engine)(str(tiny_model_dir))
     try:
