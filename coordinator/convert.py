@@ -78,6 +78,10 @@ def logprobs_request(ids: torch.Tensor, mask: torch.Tensor) -> reference_pb2.Log
     return reference_pb2.LogProbsRequest(input_ids=encode(ids), attention_mask=encode(mask))
 
 
+def load_weights_request(path: str, version: int) -> reference_pb2.LoadWeightsRequest:
+    return reference_pb2.LoadWeightsRequest(path=path, version=version)
+
+
 def logprobs_from_proto(resp: reference_pb2.LogProbsResponse) -> torch.Tensor:
     return decode(resp.logprobs, "logprobs", torch.float32, ndim=2)
 

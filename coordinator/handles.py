@@ -159,7 +159,28 @@ class RewardPool(Pool):
 
 
 class ReferencePool(Pool):
+    """The reference is a fixed model, not the trainer's current weights: ``source`` names the model directory
+    (and version) it serves, so that a replica coming back after a failure is loaded with it before it serves
+    again. Unknown (None) after a flow pushes the trainer's weights to it: such a replica then stays down."""
+
+    source: tuple[str, int] | None = None
+
+    async def readmit(self) -> None:
+        for ep in self.eps:
+            if ep.healthy or self.source is None or not await probe(ep, timeout_s=0.5):
+                continue
+            try:
+                await self._timed(ep, "LoadWeights", convert.load_weights_request(*self.source), self.timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("reference replica %d (%s) is back but could not load %s: %s", ep.replica, ep.address,
+                            self.source[0], exc.details())
+                continue
+            ep.healthy = True
+            log.info("reference replica %d (%s) is back; re-admitted with %s (version %d)", ep.replica,
+                     ep.address, *self.source)
+
     async def logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        await self.readmit()
         chunks = _split(ids.shape[0], len(self.healthy()))
         parts = await asyncio.gather(*(self.call("ComputeLogProbs", convert.logprobs_request(ids[lo:hi], mask[lo:hi]),
                                                  first=k) for k, (lo, hi) in enumerate(chunks)))

@@ -69,6 +69,7 @@ async def _warm_start(ctx: FlowContext, run_dir: str) -> None:
     if ctx.critic is not None:
         await ctx.critic.call("LoadCheckpoint", trainer_pb2.LoadCheckpointRequest(path=f"{run_dir}/sft/hf"))
     await ctx.push_weights(reference=True)
+    ctx.reference.source = (f"{run_dir}/sft/hf", ctx.version)
     ctx.stage, ctx.params, ctx.sampler = "main", main_params, main_sampler
 
 
@@ -105,6 +106,7 @@ class Checkpointer:
         if sft.is_dir():
             await _load(ctx, str(sft))
             await ctx.push_weights(reference=True, rollout=False)
+            ctx.reference.source = (str(sft), ctx.version)
         await _load(ctx, state["path"])
         await ctx.push_weights()
         ctx.sampler.cursor, ctx.start_step = state["cursor"], state["step"]
@@ -117,11 +119,14 @@ async def _prepare(ctx: FlowContext, ckpt: Checkpointer, run_dir: str, model_pat
     state = ckpt.latest()
     if state is not None:
         await ckpt.restore(state, run_dir)
+        if ctx.reference.source is None:  # no warm start: the reference kept the job's initial model
+            ctx.reference.source = (ctx.config.init or model_path, ctx.version)
         return
     await _load(ctx, ctx.config.init or model_path)  # every job starts from its initial model on every role
     if ctx.critic is not None:  # the critic restarts from the same backbone with a fresh head
         await ctx.critic.call("LoadCheckpoint", trainer_pb2.LoadCheckpointRequest(path=ctx.config.init or model_path))
     await ctx.push_weights(reference=True)
+    ctx.reference.source = (ctx.config.init or model_path, ctx.version)
     if ctx.config.warm_start is not None:
         await _warm_start(ctx, run_dir)
     ckpt.accuracy_before = await ctx.evaluate()

@@ -137,6 +137,7 @@ class FlowContext:
         if rollout:
             result = await self.sync.push("rollout", self.rollout, self.version)
         if reference:
+            self.reference.source = None  # the trainer's current weights: no directory holds them
             await self.sync.push("reference", self.reference, self.version)
         return result
 

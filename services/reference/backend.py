@@ -19,6 +19,8 @@ class ReferenceBackend(Protocol):
 
     def join_sync_group(self, spec: GroupSpec) -> str: ...
 
+    def load_weights(self, path: str, version: int) -> int: ...
+
 
 class TorchReferenceBackend:
     def __init__(self, model_path: str, device: str = "cpu", micro_batch_size: int = 512):
@@ -41,3 +43,8 @@ class TorchReferenceBackend:
                 outs.append(token_logprobs(self.model, ids, mask).cpu())
             version = self.receiver.version
         return torch.cat(outs), version
+
+    def load_weights(self, path: str, version: int) -> int:
+        """Serve a model directory's weights as ``version`` (checked against this model's layout first)."""
+        source = load_causal_lm(path, self.device)
+        return self.receiver.adopt({n: p.detach() for n, p in source.named_parameters()}, version)

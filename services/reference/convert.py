@@ -22,3 +22,17 @@ def batch_from_proto(req: reference_pb2.LogProbsRequest, vocab_size: int) -> tup
 
 def logprobs_to_proto(logprobs: torch.Tensor, version: int) -> reference_pb2.LogProbsResponse:
     return reference_pb2.LogProbsResponse(logprobs=encode(logprobs), weight_version=version)
+
+
+def load_request_from_proto(req: reference_pb2.LoadWeightsRequest) -> tuple[str, int]:
+    from pathlib import Path
+
+    from alignmesh.services.common.errors import NotFound
+
+    if req.version <= 0:
+        raise InvalidArgument("version", f"must be > 0, got {req.version}")
+    if not req.path:
+        raise InvalidArgument("path", "must name a model directory")
+    if not (Path(req.path) / "config.json").is_file():
+        raise NotFound(f"path: {req.path} is not a model directory on this replica (no config.json)")
+    return req.path, req.version

@@ -23,6 +23,11 @@ class ReferenceServicer(WeightControlMixin, reference_pb2_grpc.ReferenceServiceS
         logprobs, version = await asyncio.to_thread(run_pinned, self.backend.logprobs, ids, mask)
         return convert.logprobs_to_proto(logprobs, version)
 
+    async def LoadWeights(self, request, context):
+        path, version = convert.load_request_from_proto(request)
+        await asyncio.to_thread(run_pinned, self.backend.load_weights, path, version)
+        return self._version()
+
 
 def add_to_server(servicer: ReferenceServicer, server) -> list[str]:
     reference_pb2_grpc.add_ReferenceServiceServicer_to_server(servicer, server)

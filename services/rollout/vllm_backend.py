@@ -167,6 +167,9 @@ def make_llm(model_path: str, device: str, max_batch_size: int, kv_cache_gb: flo
     """A vLLM engine in fp32 (the trainer's dtype), eager, with our weight-sync worker extension."""
     from transformers import AutoConfig
 
+    # The engine runs inside the service process (one device per replica needs no executor processes): a replica
+    # that is killed takes its engine with it instead of leaving an orphaned engine-core process behind.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if device == "cpu":
         # vLLM's CPU worker pins its OpenMP threads; leave that to the thread share this process was given.
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")

@@ -118,6 +118,20 @@ class WeightReceiver:
             self._staged = None
         return self.version
 
+    def adopt(self, tensors: dict[str, torch.Tensor], version: int) -> int:
+        """Serve ``tensors`` (same names, dtypes and shapes as the model's) as ``version``, swapped in atomically;
+        for weights that arrive by another road than the channel (a model directory)."""
+        if version <= 0:
+            raise InvalidArgument("version", f"must be > 0, got {version}")
+        check_manifest(self.own_specs(), bk.specs_of(list(tensors.items())))
+        params = dict(self.model.named_parameters())
+        with self.lock, torch.no_grad():
+            for name, tensor in tensors.items():
+                params[name].data = tensor
+            self.version = version
+            self._staged = None
+        return self.version
+
     def abort(self, version: int) -> int:
         if self._staged is not None and (version <= 0 or self._staged.version == version):
             self._staged = None

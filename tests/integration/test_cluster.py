@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from alignmesh.clients.cluster import LocalCluster
+from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.coordinator.v1 import coordinator_pb2, coordinator_pb2_grpc
 from alignmesh.protos.reference.v1 import reference_pb2, reference_pb2_grpc
 from alignmesh.protos.reward.v1 import reward_pb2, reward_pb2_grpc
@@ -107,7 +108,11 @@ def test_reference_reward_trainer_and_coordinator_answer(cluster):
     assert list(jobs.jobs) == []
 
 
-def test_bad_input_is_invalid_argument_naming_the_field_and_service_keeps_serving(cluster):
+def test_bad_input_is_invalid_argument_naming_the_field_and_service_keeps_serving(cluster, tiny_model_dir,
+                                                                                     tmp_path):
+    from alignmesh.services.models.tiny import create_model_dir
+
+    other_model = create_model_dir(tmp_path / "wider", seed=0, hidden=64)  # another architecture
     ids = torch.tensor([[1, 4, 13]])
     bad = rollout_pb2.GenerateRequest(prompt_ids=encode(ids), prompt_lengths=encode(torch.tensor([3, 3])),
                                       sampling=rollout_pb2.SamplingParams(max_new_tokens=2))
@@ -126,6 +131,18 @@ def test_bad_input_is_invalid_argument_naming_the_field_and_service_keeps_servin
             stub.TrainStep(trainer_pb2.TrainStepRequest(input_ids=encode(ids), attention_mask=encode(ids),
                                                         loss_mask=encode(torch.ones(1, 5))), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "loss_mask: shape [1, 5]" in err.value.details()
+    with grpc.insecure_channel(addr(cluster, "reference")) as ch:
+        stub = reference_pb2_grpc.ReferenceServiceStub(ch)
+        for request, code, text in (
+                (reference_pb2.LoadWeightsRequest(path="/nowhere", version=1), "NOT_FOUND", "path: /nowhere"),
+                (reference_pb2.LoadWeightsRequest(path=str(tiny_model_dir), version=0), "INVALID_ARGUMENT",
+                 "version: must be > 0"),
+                (reference_pb2.LoadWeightsRequest(path=str(other_model), version=1), "FAILED_PRECONDITION",
+                 "manifest:")):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.LoadWeights(request, timeout=30)
+            assert err.value.code() == getattr(grpc.StatusCode, code) and text in err.value.details()
+        assert stub.GetWeightVersion(weights_pb2.GetWeightVersionRequest(), timeout=5).version == 0
     with grpc.insecure_channel(cluster.coordinator_address()) as ch:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(ch)
         with pytest.raises(grpc.RpcError) as err:

@@ -159,3 +159,59 @@ def version(cluster, replica: int) -> int:
     with grpc.insecure_channel(address) as ch:
         return rollout_pb2_grpc.RolloutServiceStub(ch).GetWeightVersion(weights_pb2.GetWeightVersionRequest(),
                                                                         timeout=5).version
+
+
+@pytest.fixture(scope="module")
+def two_references(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("refs")
+    (tmp / "rules.py").write_text(DIGITS_RULE)
+    cfg = load_cluster_config(cluster_yaml(tmp, tiny_model_dir, reference={"replicas": 2},
+                                           reward={"functions": {"digits": f"{tmp / 'rules.py'}:digits"}}))
+    c = LocalCluster(cfg)
+    c.start(timeout_s=150)
+    yield c
+    c.stop()
+
+
+def test_lost_reference_replica_comes_back_with_the_reference_weights(two_references, tiny_model_dir):
+    """The reference is the job's initial model, not the trainer's current weights: a reference replica that
+    is killed and restarted mid-job is re-admitted only after loading that model, so both replicas give the
+    same logprobs — the initial model's — while the policy has moved away from it."""
+    from alignmesh.protos.reference.v1 import reference_pb2, reference_pb2_grpc
+    from alignmesh.services.common.convert import decode, encode
+    from alignmesh.services.models.loading import load_causal_lm
+    from alignmesh.services.models.logprobs import token_logprobs
+
+    cluster = two_references
+
+    def reference(replica: int, method: str, request):
+        address = next(cluster.address(m) for m in cluster.members if m.role == "reference" and m.replica == replica)
+        with grpc.insecure_channel(address) as ch:
+            return getattr(reference_pb2_grpc.ReferenceServiceStub(ch), method)(request, timeout=10)
+
+    with Client(cluster.coordinator_address()) as client:
+        text = job(100000).replace("learning_rate: 1.0e-4}", "learning_rate: 1.0e-3, kl_coef: 0.05}")
+        j = client.submit(text, name="lossy-reference")
+        wait_for_step(client, j.id, 3)
+        victim = cluster.process("reference", 1)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        wait_for_step(client, j.id, client.get(j.id).step + 5)  # keeps going on the other reference replica
+        client.pause(j.id)
+        cluster.restart("reference", 1)
+        client.resume(j.id)
+        want = reference(0, "GetWeightVersion", weights_pb2.GetWeightVersionRequest()).version
+        deadline = time.monotonic() + 30
+        while reference(1, "GetWeightVersion", weights_pb2.GetWeightVersionRequest()).version != want:
+            assert time.monotonic() < deadline, "the restarted reference replica was not re-admitted"
+            time.sleep(0.1)
+        client.cancel(j.id)
+        client.wait(j.id, timeout_s=30)
+        steps = main_steps(client, j.id)
+    assert all(m["samples"] == 32 for m in steps.values())
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11]])
+    req = reference_pb2.LogProbsRequest(input_ids=encode(ids), attention_mask=encode(torch.ones_like(ids)))
+    got = [decode(reference(r, "ComputeLogProbs", req).logprobs, "l") for r in (0, 1)]
+    initial = token_logprobs(load_causal_lm(tiny_model_dir), ids, torch.ones_like(ids))
+    assert float((got[1] - got[0]).abs().max()) <= 1e-6
+    assert float((got[1] - initial).abs().max()) <= 1e-5

@@ -65,6 +65,11 @@ class ReferenceServiceStub:
                 request_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.GetWeightVersionRequest.SerializeToString,
                 response_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.WeightVersion.FromString,
                 _registered_method=True)
+        self.LoadWeights = channel.unary_unary(
+                '/alignmesh.reference.v1.ReferenceService/LoadWeights',
+                request_serializer=alignmesh_dot_protos_dot_reference_dot_v1_dot_reference__pb2.LoadWeightsRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.WeightVersion.FromString,
+                _registered_method=True)
 
 
 class ReferenceServiceServicer:
@@ -106,6 +111,14 @@ class ReferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadWeights(self, request, context):
+        """Serve the weights of a local HF model directory as `version` (a replica that comes back after a failure is
+        brought to the reference the job uses: the reference is a fixed model, not the trainer's current weights).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +150,11 @@ def add_ReferenceServiceServicer_to_server(servicer, server):
             'GetWeightVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.GetWeightVersion,
                     request_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.GetWeightVersionRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.WeightVersion.SerializeToString,
+            ),
+            'LoadWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadWeights,
+                    request_deserializer=alignmesh_dot_protos_dot_reference_dot_v1_dot_reference__pb2.LoadWeightsRequest.FromString,
                     response_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.WeightVersion.SerializeToString,
             ),
     }
@@ -301,6 +319,33 @@ class ReferenceService:
             target,
             '/alignmesh.reference.v1.ReferenceService/GetWeightVersion',
             alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.GetWeightVersionRequest.SerializeToString,
+            alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.WeightVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.reference.v1.ReferenceService/LoadWeights',
+            alignmesh_dot_protos_dot_reference_dot_v1_dot_reference__pb2.LoadWeightsRequest.SerializeToString,
             alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.WeightVersion.FromString,
             options,
             channel_credentials,
