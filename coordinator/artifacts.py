@@ -1,4 +1,5 @@
-"""Run directory artifacts: resolved config, metrics JSONL, learning-curve PNG, summary.json."""
+"""Run directory artifacts: resolved config, metrics JSONL, learning-curve PNG, summary.json, and optionally
+TensorBoard event files (``tensorboard/``: every numeric metric as a scalar ``<stage>/<kind>/<name>``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ from pathlib import Path
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, tensorboard: bool = False):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.path / "metrics.jsonl", "a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # the tensorboard extra (checked at submit)
+
+            self._tb = SummaryWriter(str(self.path / "tensorboard"))
 
     def write_config(self, text: str) -> None:
         (self.path / "config.resolved.yaml").write_text(text)
@@ -19,6 +25,10 @@ class RunDir:
     def append(self, record: dict) -> None:
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+        if self._tb is not None:
+            for name, value in record["metrics"].items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{record['stage']}/{record['kind']}/{name}", value, record["step"])
 
     def write_summary(self, summary: dict) -> Path:
         path = self.path / "summary.json"
@@ -29,6 +39,8 @@ class RunDir:
 
     def close(self) -> None:
         self._metrics.close()
+        if self._tb is not None:
+            self._tb.close()
 
     def plot(self) -> Path | None:
         """Held-out accuracy and step reward against step, one panel per stage."""

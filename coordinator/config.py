@@ -113,9 +113,16 @@ class JobConfig:
     init: str = ""
     # Save a resumable checkpoint (trainer state + data cursor) every N steps of the main stage; 0 = only at the end.
     checkpoint_every: int = 0
+    # Also write the metrics as TensorBoard event files under runs/<job>/tensorboard (the tensorboard extra).
+    tensorboard: bool = False
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        if self.tensorboard:
+            import importlib.util
+
+            _check(importlib.util.find_spec("tensorboard") is not None, "tensorboard",
+                   "needs the tensorboard package on the coordinator: pip install 'alignmesh[tensorboard]'")
         _check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         if self.init:
             _check((Path(self.init).expanduser() / "config.json").is_file(), "init",

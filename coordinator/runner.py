@@ -140,7 +140,7 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
     params = from_dict(flow_cls.Params, cfg.params, "params")
     model_path = str(cluster.model_path())
     tokenizer = load_light_tokenizer(model_path)
-    run = RunDir(rec.run_dir)
+    run = RunDir(rec.run_dir, tensorboard=cfg.tensorboard)
     run.write_config(rec.config_yaml)
     started = time.time()
 

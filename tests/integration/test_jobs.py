@@ -63,11 +63,14 @@ def main_steps(client: Client, job_id: str) -> dict[int, dict]:
 
 def test_watch_pause_update_resume_cancel(cluster):
     with Client(cluster.coordinator_address()) as client:
-        short = client.submit(job(3), name="short")
+        short = client.submit(job(3, tensorboard="true"), name="short")
         done = client.wait(short.id)
         assert done.state == "succeeded" and done.step == 3 and "reward_mean" in done.metrics
         kinds = [e.kind for e in client.watch(short.id)]
         assert kinds[0] == "state" and kinds.count("step") == 3 and kinds[-1] == "state"
+        run = Path(done.run_dir)
+        assert (run / "metrics.jsonl").is_file() and (run / "curve.png").is_file()
+        assert any((run / "tensorboard").glob("events.out.tfevents.*"))  # read back in tests/unit
 
         j = client.submit(job(100000), name="long")
         wait_for_step(client, j.id, 3)
