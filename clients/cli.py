@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from alignmesh.services.common.errors import AlignmeshError, ConfigError
 from alignmesh.services.common.settings import ROLES, load_cluster_config
@@ -52,13 +53,14 @@ def _down(args) -> int:
 def _status(args) -> int:
     from alignmesh.clients.cluster import health_ok, read_state
 
-    state = read_state(load_cluster_config(args.config).state_dir)
+    cfg = load_cluster_config(args.config)
+    state = read_state(cfg.state_dir)
     if state is None:
         print("no local cluster is running")
         return 1
     bad = 0
     for m in state["members"]:
-        ok = health_ok(f"{state['host']}:{m['port']}")
+        ok = health_ok(f"{state['host']}:{m['port']}", security=cfg.security)
         bad += not ok
         print(f"{m['role']:<12} {m['replica']:<3} {state['host']}:{m['port']:<6} "
               f"{'SERVING' if ok else 'NOT SERVING'}")
@@ -74,7 +76,9 @@ def _client(args):
         state = read_state(load_cluster_config(None).state_dir)
         members = [m for m in (state or {}).get("members", []) if m["role"] == "coordinator"]
         address = f"{state['host']}:{members[0]['port']}" if members else DEFAULT_COORDINATOR
-    return Client(address, token=args.token)
+    read = (lambda path: Path(path).read_bytes() if path else None)
+    return Client(address, token=args.token, root_certificates=read(args.tls_ca),
+                  private_key=read(args.tls_key), certificate_chain=read(args.tls_cert))
 
 
 def _submit(args) -> int:
@@ -191,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name)
         s.add_argument("--coordinator", default=None,
                        help=f"host:port (default: the local cluster from `alignmesh up`, else {DEFAULT_COORDINATOR})")
-        s.add_argument("--token", default=None)
+        s.add_argument("--token", default=None, help="bearer token (security.token of the cluster)")
+        s.add_argument("--tls-ca", default=None, help="CA certificate: talk TLS to the coordinator")
+        s.add_argument("--tls-cert", default=None, help="client certificate (when the cluster requires one)")
+        s.add_argument("--tls-key", default=None, help="client private key (with --tls-cert)")
         if name == "submit":
             s.add_argument("job_config")
             s.add_argument("--name", default="")

@@ -65,10 +65,15 @@ class Client:
     """Every call has a deadline (``timeout_s``); only idempotent reads are retried, on UNAVAILABLE."""
 
     def __init__(self, address: str, token: str | None = None, timeout_s: float = 30.0, retries: int = 3,
-                 root_certificates: bytes | None = None):
+                 root_certificates: bytes | None = None, private_key: bytes | None = None,
+                 certificate_chain: bytes | None = None):
+        """TLS when ``root_certificates`` is given (PEM of the cluster's CA); a cluster with a CA also requires a
+        client certificate: ``private_key`` and ``certificate_chain``."""
         opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        self._channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options=opts)
-                         if root_certificates else grpc.insecure_channel(address, options=opts))
+        creds = (grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+                 if root_certificates else None)
+        self._channel = (grpc.secure_channel(address, creds, options=opts) if creds
+                         else grpc.insecure_channel(address, options=opts))
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
         self._meta = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout_s, self.retries = timeout_s, retries

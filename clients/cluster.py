@@ -18,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alignmesh.services.common.config import dump_yaml
 from alignmesh.services.common.errors import ConfigError
-from alignmesh.services.common.settings import ClusterConfig
+from alignmesh.services.common.server import channel_credentials
+from alignmesh.services.common.settings import ClusterConfig, SecurityConfig
 from alignmesh.services.main import COMPUTE_ROLES, default_threads
 
 START_ORDER = ("trainer", "critic", "rollout", "reference", "reward", "coordinator")
@@ -92,8 +93,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def health_ok(address: str, timeout: float = 1.0) -> bool:
-    with grpc.insecure_channel(address) as ch:
+def health_ok(address: str, timeout: float = 1.0, security: SecurityConfig | None = None) -> bool:
+    """The standard health check (no token needed), over TLS when ``security`` has it."""
+    creds = channel_credentials(security) if security is not None else None
+    with (grpc.secure_channel(address, creds) if creds else grpc.insecure_channel(address)) as ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
             return resp.status == health_pb2.HealthCheckResponse.SERVING
@@ -176,7 +179,7 @@ class LocalCluster:
         self._procs[i] = self._spawn(self.members[i])
         self._write_state()
         deadline = time.monotonic() + timeout_s
-        while not health_ok(self.address(self.members[i])):
+        while not health_ok(self.address(self.members[i]), security=self.cfg.security):
             if self._procs[i].poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{role}-{replica} did not come back (log: {self.members[i].log})")
             time.sleep(0.2)
@@ -189,7 +192,7 @@ class LocalCluster:
                 if proc.poll() is not None:
                     tail = Path(m.log).read_text().strip().splitlines()[-1:] or ["(no output)"]
                     raise RuntimeError(f"{m.name} exited with code {proc.returncode}: {tail[0]} (log: {m.log})")
-                if health_ok(self.address(m)):
+                if health_ok(self.address(m), security=self.cfg.security):
                     pending.remove((m, proc))
             if pending and time.monotonic() > deadline:
                 raise TimeoutError(f"not healthy after {timeout_s:.0f}s: {[m.name for m, _ in pending]}")

@@ -1,10 +1,13 @@
-"""``python -m alignmesh.clients.healthcheck HOST:PORT``: exit 0 when the service reports SERVING."""
+"""``python -m alignmesh.clients.healthcheck HOST:PORT [CLUSTER_YAML]``: exit 0 when the service reports SERVING
+(over TLS when the cluster config turns it on)."""
 
 from __future__ import annotations
 
 import sys
 
 from alignmesh.clients.cluster import health_ok
+from alignmesh.services.common.settings import load_cluster_config
 
 if __name__ == "__main__":
-    sys.exit(0 if health_ok(sys.argv[1], timeout=3.0) else 1)
+    security = load_cluster_config(sys.argv[2]).security if len(sys.argv) > 2 else None
+    sys.exit(0 if health_ok(sys.argv[1], timeout=3.0, security=security) else 1)

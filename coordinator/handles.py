@@ -20,7 +20,7 @@ from alignmesh.protos.reference.v1 import reference_pb2_grpc
 from alignmesh.protos.reward.v1 import reward_pb2_grpc
 from alignmesh.protos.rollout.v1 import rollout_pb2_grpc
 from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from alignmesh.services.common.server import GRPC_OPTIONS
+from alignmesh.services.common.server import GRPC_OPTIONS, channel_credentials
 from alignmesh.services.common.settings import SecurityConfig
 
 log = logging.getLogger("alignmesh.handles")
@@ -54,9 +54,9 @@ CHANNEL_OPTIONS = GRPC_OPTIONS + [("grpc.initial_reconnect_backoff_ms", 200), ("
 
 
 def open_channel(address: str, security: SecurityConfig) -> grpc.aio.Channel:
-    if security.tls is not None:
-        ca = Path(security.tls.ca).read_bytes() if security.tls.ca else None
-        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca), options=CHANNEL_OPTIONS)
+    creds = channel_credentials(security)
+    if creds is not None:
+        return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 

@@ -48,6 +48,19 @@ def _credentials(security: SecurityConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
+def channel_credentials(security: SecurityConfig) -> grpc.ChannelCredentials | None:
+    """What a cluster member presents when it calls another one: None on plaintext; with TLS it trusts ``ca``
+    (else the system roots) and, since a ``ca`` makes servers require client certificates, presents its own."""
+    if security.tls is None:
+        return None
+    tls = security.tls
+    if tls.ca is None:
+        return grpc.ssl_channel_credentials()
+    return grpc.ssl_channel_credentials(root_certificates=Path(tls.ca).read_bytes(),
+                                        private_key=Path(tls.key).read_bytes(),
+                                        certificate_chain=Path(tls.cert).read_bytes())
+
+
 def build_server(spec: ServeSpec) -> grpc.aio.Server:
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(spec.role)]
     if spec.security.token:

@@ -36,3 +36,24 @@ def test_jsonl_loading_and_errors_name_the_field(tmp_path):
     assert load_jsonl(p)[0].answer == "2"
     with pytest.raises(ConfigError, match="dataset.test: file .* not found"):
         load_jsonl(tmp_path / "missing.jsonl", "dataset.test")
+
+
+def test_datasets_directory_loading_and_errors_name_the_field(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from alignmesh.coordinator.data import load_hf_disk
+
+    rows = {"prompt": ["1+2=", "3+4="], "answer": ["3", "7"]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),
+                          "test": datasets.Dataset.from_dict({"prompt": ["5+5="], "answer": ["10"]})}
+                         ).save_to_disk(str(tmp_path / "dd"))
+    assert [(e.prompt, e.answer) for e in load_hf_disk(tmp_path / "dd", "train")] == [("1+2=", "3"), ("3+4=", "7")]
+    assert [e.answer for e in load_hf_disk(tmp_path / "dd", "test")] == ["10"]
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "single"))  # a plain Dataset: any split name
+    assert len(load_hf_disk(tmp_path / "single", "train")) == 2
+    with pytest.raises(ConfigError, match=r"dataset.path: .* has splits \['train', 'test'\], not 'dev'"):
+        load_hf_disk(tmp_path / "dd", "dev")
+    datasets.Dataset.from_dict({"question": ["q"], "answer": ["a"]}).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(ConfigError, match=r"lacks column 'prompt'"):
+        load_hf_disk(tmp_path / "bad", "train")
+    with pytest.raises(ConfigError, match=r"dataset.path: directory .* not found"):
+        load_hf_disk(tmp_path / "missing", "train")

@@ -1,0 +1,75 @@
+"""TLS (with client certificates) and the bearer token, on a whole local cluster: the coordinator reaches every role
+over mutual TLS with the token, clients without the token are refused, health stays open, plaintext gets nowhere."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+
+from alignmesh.clients.client import Client
+from alignmesh.clients.cluster import LocalCluster, health_ok
+from alignmesh.services.common.settings import load_cluster_config
+
+from helpers import cluster_yaml
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret-token"
+JOB = ("algorithm: grpo\nsteps: 2\nparams: {prompts_per_step: 4, group_size: 2}\n"
+       "eval: {every: 100000, size: 20}\nsampling: {max_new_tokens: 3}\n")
+
+
+def make_certs(d: Path) -> dict[str, str]:
+    """A CA and one certificate for 127.0.0.1/localhost signed by it (servers and clients share it)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=alignmesh-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr",
+            "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "node.pem", "-days", "2", "-extfile", "ext.cnf")
+    return {"cert": str(d / "node.pem"), "key": str(d / "node.key"), "ca": str(d / "ca.pem")}
+
+
+@pytest.fixture(scope="module")
+def secure(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("secure")
+    tls = make_certs(tmp)
+    cfg = load_cluster_config(cluster_yaml(tmp, tiny_model_dir, security={"token": TOKEN, "tls": tls}))
+    with LocalCluster(cfg) as cluster:  # started only if every role's health check passes over TLS
+        yield cluster, tls
+
+
+def test_jobs_run_over_mutual_tls_with_the_token(secure):
+    cluster, tls = secure
+    read = (lambda key: Path(tls[key]).read_bytes())
+    with Client(cluster.coordinator_address(), token=TOKEN, root_certificates=read("ca"), private_key=read("key"),
+                certificate_chain=read("cert")) as client:
+        job = client.wait(client.submit(JOB, name="secure").id, timeout_s=120)
+    assert job.state == "succeeded", job.error  # the coordinator reached trainer, rollout, reward over mTLS
+
+
+def test_refusals(secure):
+    cluster, tls = secure
+    address = cluster.coordinator_address()
+    read = (lambda key: Path(tls[key]).read_bytes())
+    with Client(address, root_certificates=read("ca"), private_key=read("key"), certificate_chain=read("cert"),
+                retries=0) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.list()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "bearer token" in err.value.details()
+    with Client(address, token=TOKEN, timeout_s=3, retries=0) as plaintext:
+        with pytest.raises(grpc.RpcError) as err:
+            plaintext.list()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    with Client(address, token=TOKEN, root_certificates=read("ca"), timeout_s=3, retries=0) as no_client_cert:
+        with pytest.raises(grpc.RpcError) as err:
+            no_client_cert.list()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert health_ok(address, security=cluster.cfg.security)  # health needs no token
+    assert not health_ok(address)  # but it does need TLS
