@@ -58,7 +58,8 @@ def report(steps: list[dict], args) -> None:
         ms = median(steps, f"rpc_ms_{role}")
         rows.append([role, f"{median(steps, f'rpc_bytes_{role}') / 1024:.1f}", f"{ms:.1f}", f"{ms / step_ms:.2%}"])
     total_ms = median(steps, "rpc_ms")
-    rows.append(["all", f"{median(steps, 'rpc_bytes') / 1024:.1f}", f"{total_ms:.1f}", f"{total_ms / step_ms:.2%}"])
+    total_kib = median(steps, "rpc_bytes") / 1024
+    rows.append(["all", f"{total_kib:.1f}", f"{total_ms:.1f}", f"{total_ms / step_ms:.2%}"])
     print(f"GRPO {args.prompts}x{args.group}, max_new_tokens {args.max_new_tokens}, {len(steps)} steps measured; "
           f"median step {step_ms:.0f} ms, {median(steps, 'rpc_calls'):.0f} RPCs per step")
     print(table(rows))

@@ -67,7 +67,8 @@ def main() -> None:
     out = Path(args.out)
     start = time.time()
     init, a = ours(args.init, args, out)
-    subprocess.run([os.path.abspath(args.trl_python), str(HERE / "trl_side.py"), init, str(out / "trl.json"), "--steps",
+    trl_python = os.path.abspath(args.trl_python)  # not resolved: a venv's python is a symlink to the base one
+    subprocess.run([trl_python, str(HERE / "trl_side.py"), init, str(out / "trl.json"), "--steps",
                     str(args.steps), "--prompts", str(args.prompts), "--group", str(args.group), "--lr",
                     str(args.lr)], check=True, cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "2"})
     t = json.loads((out / "trl.json").read_text())
