@@ -13,7 +13,7 @@ from alignmesh.coordinator.flows.base import FlowContext
 class OnlineDPOParams:
     prompts_per_step: int = 32
     samples_per_prompt: int = 4
-    learning_rate: float = 1e-4
+    learning_rate: float = 5e-5
     beta: float = 1.0
     variant: str = "sigmoid"
     label_smoothing: float = 0.0
