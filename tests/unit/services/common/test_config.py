@@ -46,3 +46,15 @@ def test_missing_model_path_is_named(tmp_path):
 def test_missing_file():
     with pytest.raises(ConfigError, match="config file not found"):
         load_cluster_config("/nonexistent/cluster.yaml")
+
+
+def test_every_example_cluster_config_loads():
+    from pathlib import Path
+
+    from alignmesh.services.common.settings import load_cluster_config
+
+    examples = Path(__file__).resolve().parents[4] / "examples"
+    clusters = sorted(examples.glob("cluster*.yaml"))
+    assert len(clusters) >= 4
+    backends = {(c.trainer.backend, c.rollout.backend) for c in map(load_cluster_config, clusters)}
+    assert {("deepspeed", "hf"), ("megatron", "hf"), ("deepspeed", "vllm")} <= backends
