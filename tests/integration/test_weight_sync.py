@@ -211,6 +211,25 @@ def test_commit_is_atomic_for_requests_in_flight(trainer):
         assert logprob_gap(models[version], prompts, comp, n, logp) <= 1e-5
 
 
+def test_repeated_syncs_recycle_buffers_and_never_touch_the_served_weights(trainer):
+    """Receivers refill the buffers of the version before the served one: four more versions, each staged while
+    the previous one serves — which must stay intact until the commit — then served exactly."""
+    g = torch.Generator().manual_seed(4)
+    for version in (10, 11, 12, 13):
+        served = copy.deepcopy(trainer.model)
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+        fut = trainer.prepare("g1", version)
+        publish(trainer.group, named_weights(trainer.model), version, BUCKET)
+        assert fut.result().version == version
+        prompts, comp, n, logp, current = trainer.sequences()
+        assert current == version - (1 if version > 10 else 7)  # staged, not yet served
+        assert logprob_gap(served, prompts, comp, n, logp) <= 1e-5
+        trainer.stub.CommitWeightUpdate(weights_pb2.CommitWeightUpdateRequest(version=version), timeout=30)
+        assert trainer.max_logprob_gap() <= 1e-5
+
+
 def test_silent_peer_times_out_instead_of_hanging(trainer):
     trainer.form("g2", timeout_s=3)  # a fresh group with a short timeout; the replica never prepares
     start = time.monotonic()
