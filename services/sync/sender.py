@@ -9,7 +9,8 @@ from typing import Iterable
 import torch
 
 from alignmesh.services.sync import buckets as bk
-from alignmesh.services.sync.group import SyncGroup
+from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument
+from alignmesh.services.sync.group import GroupSpec, SyncGroup
 
 
 @dataclass
@@ -18,6 +19,38 @@ class PublishStats:
     bytes: int
     buckets: int
     seconds: float
+
+
+class SenderGroups:
+    """The sync groups a trainer sends on, as rank 0, by group id. A group whose collective failed is dropped: it
+    must be formed again."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.groups: dict[str, SyncGroup] = {}
+
+    def join(self, spec: GroupSpec) -> str:
+        if spec.rank != 0:
+            raise InvalidArgument("rank", f"the trainer sends as rank 0, got {spec.rank}")
+        self.drop(spec.group_id)
+        group = SyncGroup(spec, self.device)
+        self.groups[spec.group_id] = group
+        return group.backend
+
+    def get(self, group_id: str) -> SyncGroup:
+        group = self.groups.get(group_id)
+        if group is None:
+            raise FailedPrecondition(f"group_id: not a member of sync group {group_id!r}; join it first")
+        return group
+
+    def drop(self, group_id: str) -> None:
+        group = self.groups.pop(group_id, None)
+        if group is not None:
+            group.close()
+
+    def close(self) -> None:
+        for group_id in list(self.groups):
+            self.drop(group_id)
 
 
 def named_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:

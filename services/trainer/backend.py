@@ -13,6 +13,7 @@ import torch
 from alignmesh.services.sync.buckets import Spec
 from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.sender import PublishStats
+from alignmesh.services.trainer import losses
 
 
 @dataclass
@@ -84,6 +85,34 @@ def check_step(batch: Experience, loss: LossSpec) -> None:
     if loss.name == "dpo" and (batch.ref_logprobs is None or batch.input_ids.shape[0] % 2):
         raise InvalidArgument("ref_logprobs", "the dpo loss needs ref_logprobs and an even batch "
                                               "(chosen rows first, then their rejected rows)")
+
+
+def move_experience(batch: Experience, device: str) -> Experience:
+    """The batch on ``device``, with a float loss mask."""
+    move = (lambda t: None if t is None else t.to(device))
+    return Experience(move(batch.input_ids), move(batch.attention_mask), move(batch.loss_mask).float(),
+                      move(batch.advantages), move(batch.ref_logprobs), move(batch.returns), move(batch.old_values))
+
+
+def token_objective(logp: torch.Tensor, b: Experience, s: slice, loss: LossSpec, old: torch.Tensor | None,
+                    normalizer: float | torch.Tensor):
+    """The ``sft`` or ``policy_gradient`` loss of rows ``s`` (logp: their per-token logprobs)."""
+    if loss.name == "sft":
+        return losses.sft_loss(logp, b.loss_mask[s], normalizer)
+    ref = b.ref_logprobs[s] if b.ref_logprobs is not None else None
+    old_s = old[s] if old is not None else logp.detach()
+    return losses.policy_gradient_loss(logp, old_s, b.advantages[s], b.loss_mask[s], loss.clip_eps, ref,
+                                       loss.kl_coef, normalizer)
+
+
+def pair_objective(logp: torch.Tensor, b: Experience, loss: LossSpec):
+    """The ``dpo`` loss of a batch of chosen rows followed by their rejected rows; returns (loss, stats, pairs)."""
+    seq = losses.sequence_logprobs(logp, b.loss_mask)
+    ref = losses.sequence_logprobs(b.ref_logprobs, b.loss_mask)
+    half = seq.shape[0] // 2
+    value, stats = losses.dpo_loss(seq[:half], seq[half:], ref[:half], ref[half:], loss.beta, loss.variant,
+                                   loss.label_smoothing)
+    return value, stats, half
 
 
 BACKENDS: dict[str, Callable[..., TrainerBackend]] = {}

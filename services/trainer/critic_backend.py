@@ -8,8 +8,8 @@ import torch
 
 from alignmesh.services.common.errors import InvalidArgument
 from alignmesh.services.trainer import losses
-from alignmesh.services.trainer.backend import Experience, LossSpec, register
-from alignmesh.services.trainer.torch_backend import TorchTrainerBackend, _to
+from alignmesh.services.trainer.backend import Experience, LossSpec, move_experience, register
+from alignmesh.services.trainer.torch_backend import TorchTrainerBackend
 
 CRITIC_LOSSES = ("value", "pairwise")
 
@@ -58,7 +58,7 @@ class TorchCriticBackend(TorchTrainerBackend):
             if learning_rate is not None:
                 for g in self.optimizer.param_groups:
                     g["lr"] = learning_rate
-            batch = _to(batch, self.device)
+            batch = move_experience(batch, self.device)
             stats: dict[str, float] = {}
             for _ in range(max(1, loss.epochs)):
                 self.optimizer.zero_grad(set_to_none=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -20,23 +20,15 @@ import torch.distributed as dist
 
 from alignmesh.services.compat.megatron import apply_cpu_shims
 from alignmesh.services.sync import buckets as bk
-from alignmesh.services.trainer import losses
-from alignmesh.services.trainer.backend import Experience, LossSpec
+from alignmesh.services.trainer.backend import Experience, LossSpec, pair_objective, token_objective
 from alignmesh.services.trainer.megatron_model import Shape, build_gpt, causal_mask, hf_from_shards, megatron_shard
 from alignmesh.services.trainer.megatron_model import replicated_param, sources
-from alignmesh.services.trainer.zero import micro_slices, select, shard_rows
+from alignmesh.services.trainer.ranks import RankSettings, micro_slices, select, shard_rows
 
 
 @dataclass
-class MegatronSettings:
-    model_path: str
+class MegatronSettings(RankSettings):
     tensor_parallel: int = 1
-    learning_rate: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "cpu"
 
 
 def hf_weights(path: str) -> tuple[dict[str, torch.Tensor], object]:
@@ -137,13 +129,7 @@ class MegatronRank:
                 (self.logprobs(*self._dummy).sum() * 0.0).backward()
                 continue
             logp = self.logprobs(b.input_ids[sl], b.attention_mask[sl])
-            if loss.name == "sft":
-                value, stats = losses.sft_loss(logp, b.loss_mask[sl], normalizer)
-            else:
-                ref = b.ref_logprobs[sl] if b.ref_logprobs is not None else None
-                old_s = old[sl] if old is not None else logp.detach()
-                value, stats = losses.policy_gradient_loss(logp, old_s, b.advantages[sl], b.loss_mask[sl],
-                                                           loss.clip_eps, ref, loss.kl_coef, normalizer)
+            value, stats = token_objective(logp, b, sl, loss, old, normalizer)
             value.backward()
             totals["loss"] = totals.get("loss", 0.0) + float(value.detach()) / self.dp
             for k, v in stats.items():
@@ -156,10 +142,7 @@ class MegatronRank:
         if mine == 0:
             (self.logprobs(*self._dummy).sum() * 0.0).backward()
             return {}
-        seq = losses.sequence_logprobs(self.logprobs(b.input_ids, b.attention_mask), b.loss_mask)
-        ref = losses.sequence_logprobs(b.ref_logprobs, b.loss_mask)
-        value, stats = losses.dpo_loss(seq[:mine], seq[mine:], ref[:mine], ref[mine:], loss.beta, loss.variant,
-                                       loss.label_smoothing)
+        value, stats, _ = pair_objective(self.logprobs(b.input_ids, b.attention_mask), b, loss)
         weight = mine / pairs
         (value * weight * self.dp).backward()
         return {"loss": float(value.detach()) * weight, **{k: float(v) * weight for k, v in stats.items()},

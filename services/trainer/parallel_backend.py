@@ -30,11 +30,11 @@ from safetensors.torch import save_file
 from alignmesh.services.common import threads as thread_budget
 from alignmesh.services.common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from alignmesh.services.sync import buckets as bk
-from alignmesh.services.sync.group import GroupSpec, SyncGroup
-from alignmesh.services.sync.sender import PublishStats, publish_buckets
+from alignmesh.services.sync.group import GroupSpec
+from alignmesh.services.sync.sender import PublishStats, SenderGroups, publish_buckets
 from alignmesh.services.trainer import checkpoint
 from alignmesh.services.trainer.backend import (CheckpointInfo, Experience, LossSpec, TrainerStateInfo,
-                                                check_step, register)
+                                                check_step, move_experience, register)
 
 log = logging.getLogger("alignmesh.trainer.parallel")
 IDLE_TIMEOUT = dt.timedelta(days=7)  # how long workers wait for the next command (a trainer may idle)
@@ -83,7 +83,7 @@ class ParallelTrainerBackend:
         self.threads = threads or thread_budget.share(processes)
         thread_budget.apply(self.threads)
         self.step, self.weight_version = 0, 0
-        self.groups: dict[str, SyncGroup] = {}
+        self.senders = SenderGroups(self.settings["device"])
         self._sync_buffers: dict = {}
         self.lock = threading.Lock()
         self.broken = ""
@@ -127,9 +127,7 @@ class ParallelTrainerBackend:
     # -- training ---------------------------------------------------------------------------------------
     def train_step(self, batch: Experience, loss: LossSpec, learning_rate: float | None) -> tuple[int, dict]:
         check_step(batch, loss)
-        batch = Experience(*(None if t is None else t.cpu() for t in (
-            batch.input_ids, batch.attention_mask, batch.loss_mask.float(), batch.advantages, batch.ref_logprobs,
-            batch.returns, batch.old_values)))
+        batch = move_experience(batch, "cpu")  # what is broadcast to the other ranks
         with self.lock:
             self._send("train", batch, loss, learning_rate)
             stats = self._collective("train step", self._train, batch, loss, learning_rate)
@@ -137,7 +135,7 @@ class ParallelTrainerBackend:
         return self.step, stats
 
     def _train(self, batch: Experience, loss: LossSpec, lr: float | None) -> dict[str, float]:
-        mine = self.rank.train(_to(batch, self.settings["device"]), loss, lr)
+        mine = self.rank.train(move_experience(batch, self.settings["device"]), loss, lr)
         shares: list = [None] * self.world
         dist.gather_object(mine, shares, dst=0)
         stats: dict[str, float] = {}
@@ -197,19 +195,10 @@ class ParallelTrainerBackend:
         return self.rank.specs()
 
     def join_sync_group(self, spec: GroupSpec) -> str:
-        if spec.rank != 0:
-            raise InvalidArgument("rank", f"the trainer sends as rank 0, got {spec.rank}")
-        old = self.groups.pop(spec.group_id, None)
-        if old is not None:
-            old.close()
-        group = SyncGroup(spec, self.settings["device"])
-        self.groups[spec.group_id] = group
-        return group.backend
+        return self.senders.join(spec)
 
     def publish(self, group_id: str, version: int, bucket_bytes: int) -> PublishStats:
-        group = self.groups.get(group_id)
-        if group is None:
-            raise FailedPrecondition(f"group_id: not a member of sync group {group_id!r}; join it first")
+        group = self.senders.get(group_id)
         with self.lock:
             self._send("gather", bucket_bytes)
             buckets = self.rank.gather_buckets(bucket_bytes)
@@ -217,8 +206,7 @@ class ParallelTrainerBackend:
                 stats = publish_buckets(group, buckets, version, self._sync_buffers)
             except Exception:
                 self._collective("weight gather", _drain, buckets)  # keep the ranks in step
-                self.groups.pop(group_id, None)
-                group.close()
+                self.senders.drop(group_id)
                 raise
             self.weight_version = version
         return stats
@@ -228,9 +216,7 @@ class ParallelTrainerBackend:
             if not self.broken:
                 self._send("stop")
             self.rank.close()
-            for group in self.groups.values():
-                group.close()
-            self.groups.clear()
+            self.senders.close()
         for w in self.workers.values():
             try:
                 w.wait(timeout=30)
@@ -271,8 +257,3 @@ def _drain(buckets) -> None:
     for _ in buckets:
         pass
 
-
-def _to(batch: Experience, device: str) -> Experience:
-    move = (lambda t: None if t is None else t.to(device))
-    return Experience(*(move(t) for t in (batch.input_ids, batch.attention_mask, batch.loss_mask, batch.advantages,
-                                          batch.ref_logprobs, batch.returns, batch.old_values)))

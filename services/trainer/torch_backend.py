@@ -7,15 +7,16 @@ from pathlib import Path
 
 import torch
 
-from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from alignmesh.services.common.errors import FailedPrecondition, NotFound
 from alignmesh.services.models.loading import load_causal_lm
 from alignmesh.services.models.logprobs import token_logprobs
 from alignmesh.services.sync import buckets as bk
-from alignmesh.services.sync.group import GroupSpec, SyncGroup
-from alignmesh.services.sync.sender import PublishStats, named_weights, publish
-from alignmesh.services.trainer import checkpoint, losses
+from alignmesh.services.sync.group import GroupSpec
+from alignmesh.services.sync.sender import PublishStats, SenderGroups, named_weights, publish
+from alignmesh.services.trainer import checkpoint
 from alignmesh.services.trainer.backend import (CheckpointInfo, Experience, LossSpec, TrainerStateInfo,
-                                                check_step, register)
+                                                check_step, move_experience, pair_objective, register,
+                                                token_objective)
 
 @register("torch")
 class TorchTrainerBackend:
@@ -31,7 +32,7 @@ class TorchTrainerBackend:
         self.betas, self.weight_decay = tuple(betas), weight_decay
         self.step = 0
         self.weight_version = 0
-        self.groups: dict[str, SyncGroup] = {}
+        self.senders = SenderGroups(device)
         self._sync_buffers: dict = {}
         self.lock = threading.Lock()
 
@@ -42,7 +43,7 @@ class TorchTrainerBackend:
             if learning_rate is not None:
                 for g in self.optimizer.param_groups:
                     g["lr"] = learning_rate
-            batch = _to(batch, self.device)
+            batch = move_experience(batch, self.device)
             old = self._old_logprobs(batch, loss) if loss.name == "policy_gradient" and loss.epochs > 1 else None
             stats: dict[str, float] = {}
             for _ in range(max(1, loss.epochs)):
@@ -68,13 +69,7 @@ class TorchTrainerBackend:
         self.optimizer.zero_grad(set_to_none=True)
         for _, s in self._micro_batches(batch, loss.micro_batch_size):
             logp = token_logprobs(self.model, batch.input_ids[s], batch.attention_mask[s])
-            if loss.name == "sft":
-                value, stats = losses.sft_loss(logp, batch.loss_mask[s], normalizer)
-            else:
-                ref = batch.ref_logprobs[s] if batch.ref_logprobs is not None else None
-                old_s = old[s] if old is not None else logp.detach()
-                value, stats = losses.policy_gradient_loss(logp, old_s, batch.advantages[s], batch.loss_mask[s],
-                                                           loss.clip_eps, ref, loss.kl_coef, normalizer)
+            value, stats = token_objective(logp, batch, s, loss, old, normalizer)
             value.backward()
             totals["loss"] = totals.get("loss", 0.0) + float(value.detach())
             for k, v in stats.items():  # stats are already divided by the full-batch normalizer
@@ -88,11 +83,7 @@ class TorchTrainerBackend:
     def _dpo_update(self, batch: Experience, loss: LossSpec) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         logp = token_logprobs(self.model, batch.input_ids, batch.attention_mask)
-        seq = losses.sequence_logprobs(logp, batch.loss_mask)
-        ref = losses.sequence_logprobs(batch.ref_logprobs, batch.loss_mask)
-        half = seq.shape[0] // 2
-        value, stats = losses.dpo_loss(seq[:half], seq[half:], ref[:half], ref[half:], loss.beta, loss.variant,
-                                       loss.label_smoothing)
+        value, stats, half = pair_objective(logp, batch, loss)
         value.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -144,31 +135,16 @@ class TorchTrainerBackend:
         return bk.specs_of(named_weights(self.model))
 
     def join_sync_group(self, spec: GroupSpec) -> str:
-        if spec.rank != 0:
-            raise InvalidArgument("rank", f"the trainer sends as rank 0, got {spec.rank}")
-        old = self.groups.pop(spec.group_id, None)
-        if old is not None:
-            old.close()
-        group = SyncGroup(spec, self.device)
-        self.groups[spec.group_id] = group
-        return group.backend
+        return self.senders.join(spec)
 
     def publish(self, group_id: str, version: int, bucket_bytes: int) -> PublishStats:
-        group = self.groups.get(group_id)
-        if group is None:
-            raise FailedPrecondition(f"group_id: not a member of sync group {group_id!r}; join it first")
+        group = self.senders.get(group_id)
         with self.lock:
             try:
                 stats = publish(group, named_weights(self.model), version, bucket_bytes, self._sync_buffers)
             except Exception:
-                self.groups.pop(group_id, None)
-                group.close()
+                self.senders.drop(group_id)
                 raise
             self.weight_version = version
         return stats
 
-
-def _to(batch: Experience, device: str) -> Experience:
-    move = (lambda t: None if t is None else t.to(device))
-    return Experience(move(batch.input_ids), move(batch.attention_mask), move(batch.loss_mask).float(),
-                      move(batch.advantages), move(batch.ref_logprobs), move(batch.returns), move(batch.old_values))

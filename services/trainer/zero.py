@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -21,47 +21,13 @@ from alignmesh.services.compat.deepspeed import forget_groups, launcher_env
 from alignmesh.services.models.loading import load_causal_lm
 from alignmesh.services.models.logprobs import token_logprobs
 from alignmesh.services.sync import buckets as bk
-from alignmesh.services.trainer import losses
-from alignmesh.services.trainer.backend import Experience, LossSpec
+from alignmesh.services.trainer.backend import Experience, LossSpec, pair_objective, token_objective
+from alignmesh.services.trainer.ranks import RankSettings, micro_slices, select, shard_rows
 
 
 @dataclass
-class ZeroSettings:
-    model_path: str
+class ZeroSettings(RankSettings):
     zero_stage: int = 2
-    learning_rate: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "cpu"
-    extra_config: dict = field(default_factory=dict)  # merged into the DeepSpeed config
-
-
-def shard_rows(n: int, rank: int, world: int, paired: bool) -> torch.Tensor:
-    """Row indices of one rank's shard of a batch of ``n`` rows: contiguous chunks (sizes differ by at most one).
-
-    ``paired``: rows are [chosen_0..chosen_{P-1}, rejected_0..rejected_{P-1}]; pair i stays on one rank, and the
-    shard is again chosen rows first, then their rejected rows.
-    """
-    if paired:
-        idx = torch.tensor_split(torch.arange(n // 2), world)[rank]
-        return torch.cat([idx, idx + n // 2])
-    return torch.tensor_split(torch.arange(n), world)[rank]
-
-
-def micro_slices(rows: int, per_rank_max: int, size: int) -> list[slice]:
-    """The same number of micro-batches on every rank (ZeRO-3 gathers parameters in each forward, so every rank
-    must run as many forwards as the others); trailing ones may be empty."""
-    count = max(1, math.ceil(per_rank_max / size)) if size else 1
-    size = size or max(rows, 1)
-    return [slice(i * size, min(rows, (i + 1) * size)) for i in range(count)]
-
-
-def select(batch: Experience, rows: torch.Tensor) -> Experience:
-    pick = (lambda t: None if t is None else t[rows])
-    return Experience(batch.input_ids[rows], batch.attention_mask[rows], batch.loss_mask[rows],
-                      pick(batch.advantages), pick(batch.ref_logprobs), pick(batch.returns), pick(batch.old_values))
 
 
 class ZeroRank:
@@ -80,7 +46,7 @@ class ZeroRank:
                                 weight_decay=self.s.weight_decay)
         cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                "gradient_clipping": self.s.grad_clip, "zero_optimization": {"stage": self.s.zero_stage},
-               "zero_allow_untested_optimizer": True, "steps_per_print": 2 ** 31, **self.s.extra_config}
+               "zero_allow_untested_optimizer": True, "steps_per_print": 2 ** 31}
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=cfg, dist_init_required=False)
         return engine
 
@@ -143,12 +109,7 @@ class ZeroRank:
         if b.input_ids[s].shape[0] == 0:  # an empty micro-batch still runs forward/backward, with zero weight
             return token_logprobs(self.engine, *self._dummy).sum() * 0.0, {}
         logp = token_logprobs(self.engine, b.input_ids[s], b.attention_mask[s])
-        if loss.name == "sft":
-            return losses.sft_loss(logp, b.loss_mask[s], normalizer)
-        ref = b.ref_logprobs[s] if b.ref_logprobs is not None else None
-        old_s = old[s] if old is not None else logp.detach()
-        return losses.policy_gradient_loss(logp, old_s, b.advantages[s], b.loss_mask[s], loss.clip_eps, ref,
-                                           loss.kl_coef, normalizer)
+        return token_objective(logp, b, s, loss, old, normalizer)
 
     def _dpo_update(self, b: Experience, loss: LossSpec, pairs: int) -> dict[str, float]:
         self.engine.set_gradient_accumulation_boundary(True)
@@ -157,10 +118,7 @@ class ZeroRank:
             value, stats = self._micro_loss(b, loss, None, slice(0, 0), 1.0)
         else:
             logp = token_logprobs(self.engine, b.input_ids, b.attention_mask)
-            seq = losses.sequence_logprobs(logp, b.loss_mask)
-            ref = losses.sequence_logprobs(b.ref_logprobs, b.loss_mask)
-            value, stats = losses.dpo_loss(seq[:mine], seq[mine:], ref[:mine], ref[mine:], loss.beta, loss.variant,
-                                           loss.label_smoothing)
+            value, stats, _ = pair_objective(logp, b, loss)
             weight = mine / pairs  # this rank's share of the pairs
             value, stats = value * weight * self.world, {k: float(v) * weight for k, v in stats.items()}
         self.engine.backward(value)

@@ -1,8 +1,8 @@
-"""The engines of record through the real services: the DeepSpeed ZeRO trainer (2 data-parallel processes).
+"""The engines of record through the real services: DeepSpeed ZeRO and Megatron-core trainers (2 processes each)
+and vLLM rollout replicas.
 
-The learning margin is the GRPO test's (+8 points on 500 held-out prompts, more than 2.5 standard errors of the
-difference of two evaluations); the same recipe, with the trainer on DeepSpeed ZeRO-2 over 2 processes, measured
-the gain recorded in docs/benchmarks.md.
+The learning margin and recipe are the GRPO test's (+8 points on 500 held-out prompts, more than 2.5 standard
+errors of the difference of two evaluations); the gains each engine measured are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,20 +18,10 @@ from alignmesh.services.common.settings import load_cluster_config
 
 from helpers import cluster_yaml
 
-pytestmark = pytest.mark.integration
-MARGIN = 0.08
+from test_grpo_learning import JOB as GRPO_JOB, MARGIN
 
-JOB = """
-algorithm: grpo
-seed: 0
-steps: 100
-params: {prompts_per_step: 32, group_size: 8, learning_rate: 1.0e-4}
-warm_start: {max_steps: 600, batch_size: 64, learning_rate: 1.0e-3, target_dev_accuracy: 0.3, eval_every: 10}
-sampling: {temperature: 0.5, max_new_tokens: 4}
-eval: {every: 50, size: 500}
-sync: {bucket_mb: 1}
-checkpoint_every: 50
-"""
+pytestmark = pytest.mark.integration
+JOB = GRPO_JOB + "checkpoint_every: 50\n"  # the GRPO test's recipe, with checkpoints of the multi-process trainers
 
 
 def test_grpo_with_a_deepspeed_zero2_trainer_of_two_processes_learns(tiny_model_dir, tmp_path):

@@ -37,14 +37,19 @@ def digits(prompt, completion, metadata):
 """
 
 
-@pytest.fixture(scope="module")
-def cluster(tiny_model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("jobs")
+def start_cluster(tmp, model_dir, **roles) -> LocalCluster:
+    """A local cluster whose reward service knows the ``digits`` rule."""
     (tmp / "rules.py").write_text(DIGITS_RULE)
-    cfg = load_cluster_config(cluster_yaml(tmp, tiny_model_dir, rollout={"replicas": 2},
-                                           reward={"functions": {"digits": f"{tmp / 'rules.py'}:digits"}}))
+    rules = {"functions": {"digits": f"{tmp / 'rules.py'}:digits"}}
+    cfg = load_cluster_config(cluster_yaml(tmp, model_dir, reward=rules, **roles))
     c = LocalCluster(cfg)
     c.start(timeout_s=150)
+    return c
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir, tmp_path_factory):
+    c = start_cluster(tmp_path_factory.mktemp("jobs"), tiny_model_dir, rollout={"replicas": 2})
     yield c
     c.stop()
 
@@ -166,12 +171,7 @@ def version(cluster, replica: int) -> int:
 
 @pytest.fixture(scope="module")
 def two_references(tiny_model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("refs")
-    (tmp / "rules.py").write_text(DIGITS_RULE)
-    cfg = load_cluster_config(cluster_yaml(tmp, tiny_model_dir, reference={"replicas": 2},
-                                           reward={"functions": {"digits": f"{tmp / 'rules.py'}:digits"}}))
-    c = LocalCluster(cfg)
-    c.start(timeout_s=150)
+    c = start_cluster(tmp_path_factory.mktemp("refs"), tiny_model_dir, reference={"replicas": 2})
     yield c
     c.stop()
 
