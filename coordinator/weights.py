@@ -4,6 +4,7 @@ prepare (receivers stage + verify) / publish (trainer broadcasts) / commit, or a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -30,6 +31,14 @@ class SyncResult:
     buckets: int
     seconds: float
     receivers: int
+
+
+class CommitFailed(Aborted):
+    """A receiver failed to commit a version the others may already serve."""
+
+    def __init__(self, message: str, result: SyncResult):
+        super().__init__(message)
+        self.result = result
 
 
 class WeightSync:
@@ -65,7 +74,7 @@ class WeightSync:
         return group_id
 
     async def push(self, name: str, pool: Pool, version: int) -> SyncResult:
-        """Send the trainer's weights as ``version`` to the pool's healthy replicas; all commit or none does.
+        """Send the trainer's weights as ``version`` to the pool's healthy replicas; every live one commits it.
 
         A replica marked down whose health check passes again is re-admitted: the group is formed anew with it.
         When a push fails, replicas that no longer answer health checks are marked down and the push is retried
@@ -80,7 +89,7 @@ class WeightSync:
             raise Unavailable(f"no healthy {name} replica to receive weights")
         try:
             return await self._push_to(name, members, version)
-        except Aborted:
+        except Aborted as err:
             alive = [ep for ep in members if await probe(ep)]
             if len(alive) == len(members) or not alive:
                 raise
@@ -88,7 +97,18 @@ class WeightSync:
                 ep.healthy = ep in alive
             log.warning("%s replicas down after a failed push: %s", name,
                         [ep.address for ep in members if ep not in alive])
-            return await self._push_to(name, alive, version)
+            # A replica lost during the commit leaves the others already serving ``version``: only those still
+            # behind receive it again (a replica refuses a version it already serves).
+            behind = [ep for ep in alive if await self._served_version(ep) < version]
+            if not behind and isinstance(err, CommitFailed):
+                return dataclasses.replace(err.result, receivers=len(alive))
+            return await self._push_to(name, behind or alive, version)
+
+    async def _served_version(self, ep: Endpoint) -> int:
+        try:
+            return (await self._rpc(ep, "GetWeightVersion", weights_pb2.GetWeightVersionRequest(), 10)).version
+        except grpc.aio.AioRpcError:
+            return -1
 
     async def _push_to(self, name: str, receivers: list[Endpoint], version: int) -> SyncResult:
         key = tuple(ep.address for ep in receivers)
@@ -110,10 +130,19 @@ class WeightSync:
             await asyncio.gather(*(self._rpc(ep, "AbortWeightUpdate", weights_pb2.AbortWeightUpdateRequest(
                 version=version, reason="sync failed"), 10) for ep in receivers), return_exceptions=True)
             raise
-        await _all_or_raise([self._rpc(ep, "CommitWeightUpdate", weights_pb2.CommitWeightUpdateRequest(
-            version=version), deadline) for ep in receivers], f"committing version {version}")
-        sent = results[0]
-        return SyncResult(version, sent.bytes, sent.buckets, time.perf_counter() - start, len(receivers))
+        sent = SyncResult(version, results[0].bytes, results[0].buckets, time.perf_counter() - start, len(receivers))
+        await self._commit(name, receivers, sent, deadline)
+        return dataclasses.replace(sent, seconds=time.perf_counter() - start)
+
+    async def _commit(self, name: str, receivers: list[Endpoint], sent: SyncResult, deadline: float) -> None:
+        """Every receiver swaps the staged version in. A receiver lost here leaves the group unusable and the
+        others serving the new version: CommitFailed carries what was sent."""
+        try:
+            await _all_or_raise([self._rpc(ep, "CommitWeightUpdate", weights_pb2.CommitWeightUpdateRequest(
+                version=sent.version), deadline) for ep in receivers], f"committing version {sent.version}")
+        except Aborted as err:
+            self._groups.pop(name, None)
+            raise CommitFailed(str(err), sent) from err
 
 
 async def _all_or_raise(calls: list, what: str) -> list:
