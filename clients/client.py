@@ -119,7 +119,8 @@ class Client:
                                          metadata=self._meta))
 
     def pause(self, job_id: str) -> Job:
-        """Hold the job between steps (idempotent)."""
+        """Hold the job between steps (idempotent). Returns at once; the step in flight finishes, then the job
+        logs ``paused after step N`` when the hold has taken effect."""
         return _job(self._read("PauseJob", coordinator_pb2.PauseJobRequest(job_id=job_id)))
 
     def resume(self, job_id: str) -> Job:

@@ -166,6 +166,8 @@ class FlowContext:
     async def steps(self, total: int) -> AsyncIterator[int]:
         """Yield step numbers after ``start_step`` up to ``total``; waits while paused; raises Cancelled."""
         for step in range(self.start_step + 1, total + 1):
+            if not self.control.running.is_set() and not self.control.cancel.is_set():
+                self.log(f"paused after step {step - 1}")  # the pause has taken hold: no step is in flight
             while not self.control.running.is_set() and not self.control.cancel.is_set():
                 waits = [asyncio.ensure_future(self.control.running.wait()),
                          asyncio.ensure_future(self.control.cancel.wait())]

@@ -61,6 +61,17 @@ def wait_for_step(client: Client, job_id: str, step: int, timeout_s: float = 60)
         time.sleep(0.05)
 
 
+def wait_until_held(client: Client, job_id: str, count: int = 1, timeout_s: float = 60) -> int:
+    """Wait for the job's ``count``-th pause to take hold (the step in flight has finished); the last step."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        holds = [e.message for e in client.events(job_id) if e.kind == "log" and e.message.startswith("paused after")]
+        if len(holds) >= count:
+            return int(holds[count - 1].rsplit(" ", 1)[1])
+        assert time.monotonic() < deadline, f"job {job_id} did not hold after pause {count}"
+        time.sleep(0.05)
+
+
 def main_steps(client: Client, job_id: str) -> dict[int, dict]:
     """Last reported metrics per main-stage step (a resumed job reports the steps after its checkpoint again)."""
     return {e.step: e.metrics for e in client.events(job_id) if e.kind == "step" and e.stage == "main"}
@@ -80,8 +91,8 @@ def test_watch_pause_update_resume_cancel(cluster):
         j = client.submit(job(100000), name="long")
         wait_for_step(client, j.id, 3)
         assert client.pause(j.id).state == "paused"
-        time.sleep(0.5)  # the step in flight finishes
-        held = client.get(j.id).step
+        held = wait_until_held(client, j.id)
+        assert client.get(j.id).step == held
         time.sleep(1.5)
         assert client.get(j.id).step == held
         with pytest.raises(grpc.RpcError) as err:
@@ -153,7 +164,7 @@ def test_lost_rollout_replica_is_survived_and_readmitted(cluster):
             assert time.monotonic() < deadline, "the restarted replica was not re-admitted"
             time.sleep(0.1)
         client.pause(j.id)
-        time.sleep(1.0)  # the step in flight finishes
+        wait_until_held(client, j.id, count=2)
         versions = [version(cluster, 0), version(cluster, 1)]
         client.cancel(j.id)
         client.wait(j.id, timeout_s=30)
