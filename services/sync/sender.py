@@ -68,11 +68,11 @@ def publish(group: SyncGroup, named: list[tuple[str, torch.Tensor]], version: in
 
 def publish_buckets(group: SyncGroup, buckets: Iterable[tuple[bk.Bucket, dict[str, torch.Tensor]]], version: int,
                     buffers: dict | None = None) -> PublishStats:
-    """Each bucket is packed and checksummed while the previous one is on the wire; the trailer with the
-    version and all checksums goes last. ``buckets`` yields each bucket with (at least) its tensors, so a sharded
-    trainer can gather one bucket's full parameters at a time. Without ``buffers`` at most two buckets are alive
-    at once; with a dict the packed buckets are kept there and reused by the next publish (faster, one model's
-    worth of memory)."""
+    """Each bucket is packed while the previous one is on the wire and checksummed while it is on the wire
+    itself; the trailer with the version and all checksums goes last. ``buckets`` yields each bucket with (at
+    least) its tensors, so a sharded trainer can gather one bucket's full parameters at a time. Without
+    ``buffers`` at most two buckets are alive at once; with a dict the packed buckets are kept there and reused by
+    the next publish (faster, one model's worth of memory)."""
     start = time.perf_counter()
     plan: list[bk.Bucket] = []
     sums: list[tuple[int, int]] = []
@@ -83,8 +83,8 @@ def publish_buckets(group: SyncGroup, buckets: Iterable[tuple[bk.Bucket, dict[st
         if buffers is not None:
             buffers[key] = flat  # reused next time: no fresh pages to fault in
         plan.append(bucket)
-        sums.append(bk.checksum(flat))
         work = group.broadcast_async(flat)
+        sums.append(bk.checksum(flat))  # read-only while the bucket is on the wire
         if pending is not None:
             group.wait(pending[0])
         pending = (work, flat)  # keep the buffer alive until its broadcast completes
