@@ -3,12 +3,16 @@
     python bench/rollout_overhead.py [--model DIR]
 
 Same prompts, sampling (temperature 1, 4 new tokens, 1 sample, fixed seed), one thread on both sides.
-Prints tokens/s for batch sizes 1, 8, 64 and the ratio service / in-process (target >= 0.95 at batch 64).
+Prints tokens/s for batch sizes 1, 8, 64 and the ratio service / in-process (target >= 0.95 at batch 64), and
+where the difference goes: the server's own time in the handler (the ``alignmesh-handler-us`` trailer: request
+decode, generate on the worker thread, response encode) against the in-process call, and the rest of the wall
+time (client stub, protobuf, loopback HTTP/2, the server's interceptors and event loop).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -38,7 +42,8 @@ def main() -> None:
     local = HFRolloutBackend(model)
     proc, address = start_service("rollout", model, threads=1)
     stub = rollout_pb2_grpc.RolloutServiceStub(grpc.insecure_channel(address))
-    rows = [["batch", "in-process tok/s", "service tok/s", "service / in-process"]]
+    rows = [["batch", "in-process tok/s", "service tok/s", "service / in-process", "handler - in-process ms",
+             "wall - handler ms"]]
     try:
         for batch in (1, 8, 64):
             prompts = [tok(f"{i % 100}+{(7 * i) % 100}=")["input_ids"] for i in range(batch)]
@@ -49,12 +54,22 @@ def main() -> None:
             got = rollouts_from_proto(stub.Generate(req, timeout=60))
             assert float(got.lengths.sum()) == tokens  # same work on both sides
             t_service = median_time(lambda: stub.Generate(req, timeout=60), args.repeats)
+            handler = statistics.median(handler_time(stub, req) for _ in range(args.repeats))
             rows.append([str(batch), f"{tokens / t_local:,.0f}", f"{tokens / t_service:,.0f}",
-                         f"{t_local / t_service:.3f}"])
+                         f"{t_local / t_service:.3f}", f"{(handler - t_local) * 1e3:.2f}",
+                         f"{(t_service - handler) * 1e3:.2f}"])
     finally:
         proc.terminate()
         proc.wait()
     print(table(rows))
+
+
+def handler_time(stub, req) -> float:
+    """Seconds the server spent in the handler for one call, from its trailer."""
+    from alignmesh.services.common.interceptors import HANDLER_TRAILER
+
+    _, call = stub.Generate.with_call(req, timeout=60)
+    return int(dict(call.trailing_metadata())[HANDLER_TRAILER]) / 1e6
 
 
 if __name__ == "__main__":
