@@ -21,7 +21,7 @@ from alignmesh.services.models.loading import load_tokenizer
 from alignmesh.services.rollout.backend import LENGTH, STOP, Generation, SamplingParams, register
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec
-from alignmesh.services.sync.receiver import Staged, check_manifest
+from alignmesh.services.sync.receiver import Staged, check_manifest, staged_for
 from alignmesh.services.rollout.vllm_worker import GROUP_LOST, spec_to_plain
 
 log = logging.getLogger("alignmesh.rollout.vllm")
@@ -81,10 +81,7 @@ class VLLMWeightReceiver:
         return self._staged
 
     def commit(self, version: int) -> int:
-        staged = self._staged
-        if staged is None or staged.version != version:
-            raise FailedPrecondition(f"version: nothing staged for version {version} "
-                                     f"(staged: {self.staged_version}); prepare it first")
+        staged_for(self._staged, version)
         with self.lock:  # no generate call is running: the swap is atomic for requests
             self.llm.collective_rpc("alignmesh_commit", args=(version,))
             self.llm.reset_prefix_cache()

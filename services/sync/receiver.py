@@ -61,6 +61,14 @@ def receive_verified(group: SyncGroup, version: int, specs: list[bk.Spec], bucke
     return Staged(version, tensors, sum(b.nbytes for b in plan), len(plan), time.perf_counter() - start, flats)
 
 
+def staged_for(staged: Staged | None, version: int) -> Staged:
+    """The staged update a commit of ``version`` swaps in; FailedPrecondition when another (or none) is staged."""
+    if staged is None or staged.version != version:
+        raise FailedPrecondition(f"version: nothing staged for version {version} "
+                                 f"(staged: {staged.version if staged else -1}); prepare it first")
+    return staged
+
+
 def bucket_key(i: int, bucket: bk.Bucket) -> tuple:
     return i, bucket.dtype, bucket.numel
 
@@ -124,10 +132,7 @@ class WeightReceiver:
         return self._staged
 
     def commit(self, version: int) -> int:
-        staged = self._staged
-        if staged is None or staged.version != version:
-            raise FailedPrecondition(f"version: nothing staged for version {version} "
-                                     f"(staged: {self.staged_version}); prepare it first")
+        staged = staged_for(self._staged, version)
         params = dict(self.model.named_parameters())
         with self.lock, torch.no_grad():
             for name, tensor in staged.tensors.items():
@@ -164,4 +169,4 @@ class WeightReceiver:
             old.close()
 
 
-__all__ = ["WeightReceiver", "Staged", "check_manifest", "receive_verified", "SyncError"]
+__all__ = ["WeightReceiver", "Staged", "check_manifest", "receive_verified", "staged_for", "SyncError"]

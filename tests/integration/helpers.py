@@ -61,3 +61,37 @@ def metric_value(text: str, name: str, **labels) -> float:
 
 def channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address)
+
+
+def greedy_sequences(stub, tok, texts: list[str], timeout_s: float = 60):
+    """Greedy 4-token completions of ``texts`` from a rollout replica: (prompt ids, completions [B, T],
+    lengths [B], the replica's logprobs [B, T], the weight version that produced them)."""
+    import torch
+
+    from alignmesh.protos.rollout.v1 import rollout_pb2
+    from alignmesh.services.common.convert import decode, encode
+
+    prompts = [tok(t)["input_ids"] for t in texts]
+    ids = torch.zeros(len(prompts), max(map(len, prompts)), dtype=torch.int64)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.tensor(p)
+    resp = stub.Generate(rollout_pb2.GenerateRequest(
+        prompt_ids=encode(ids), prompt_lengths=encode(torch.tensor([len(p) for p in prompts])),
+        sampling=rollout_pb2.SamplingParams(max_new_tokens=4, greedy=True)), timeout=timeout_s)
+    comp, n, logp = decode(resp.completion_ids, "c"), decode(resp.completion_lengths, "n"), decode(resp.logprobs, "l")
+    return prompts, comp, n, logp, resp.weight_version
+
+
+def logprob_gap(model, prompts, comp, n, logp) -> float:
+    """Largest |logprob the replica reported - logprob under ``model``| over the completions."""
+    import torch
+
+    from alignmesh.services.models.logprobs import token_logprobs
+
+    gap = 0.0
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            seq = torch.tensor([p + comp[i, :n[i]].tolist()])
+            mine = token_logprobs(model, seq, torch.ones_like(seq))[0, len(p):]
+            gap = max(gap, float((mine - logp[i, :n[i]]).abs().max()))
+    return gap

@@ -13,16 +13,14 @@ import torch
 import torch.distributed as dist
 
 from alignmesh.protos.common.v1 import weights_pb2
-from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
-from alignmesh.services.common.convert import decode, encode
+from alignmesh.protos.rollout.v1 import rollout_pb2_grpc
 from alignmesh.services.models.loading import load_causal_lm, load_tokenizer
-from alignmesh.services.models.logprobs import token_logprobs
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.convert import manifest_to_proto
 from alignmesh.services.sync.group import GroupSpec, SyncError, SyncGroup
 from alignmesh.services.sync.sender import named_weights, publish
 
-from helpers import cluster_yaml, serve
+from helpers import cluster_yaml, greedy_sequences, logprob_gap, serve
 
 pytestmark = pytest.mark.integration
 BUCKET = 256 * 1024  # several buckets for the 2.1 MB model
@@ -57,32 +55,11 @@ class Trainer:
 
     def sequences(self):
         """Greedy completions from the replica, with the replica's logprobs."""
-        prompts = [self.tok(p)["input_ids"] for p in ("12+34=", "7+8=", "99+99=", "0+5=")]
-        width = max(map(len, prompts))
-        ids = torch.zeros(len(prompts), width, dtype=torch.int64)
-        for i, p in enumerate(prompts):
-            ids[i, :len(p)] = torch.tensor(p)
-        resp = self.stub.Generate(rollout_pb2.GenerateRequest(
-            prompt_ids=encode(ids), prompt_lengths=encode(torch.tensor([len(p) for p in prompts])),
-            sampling=rollout_pb2.SamplingParams(max_new_tokens=4, greedy=True)), timeout=30)
-        comp, n, logp = (decode(resp.completion_ids, "c"), decode(resp.completion_lengths, "n"),
-                         decode(resp.logprobs, "l"))
-        return prompts, comp, n, logp, resp.weight_version
+        return greedy_sequences(self.stub, self.tok, ["12+34=", "7+8=", "99+99=", "0+5="], timeout_s=30)
 
     def max_logprob_gap(self) -> float:
         prompts, comp, n, logp, _ = self.sequences()
         return logprob_gap(self.model, prompts, comp, n, logp)
-
-
-def logprob_gap(model, prompts, comp, n, logp) -> float:
-    """Largest |logprob the replica reported - logprob under ``model``| over the completions."""
-    gap = 0.0
-    with torch.no_grad():
-        for i, p in enumerate(prompts):
-            seq = torch.tensor([p + comp[i, :n[i]].tolist()])
-            mine = token_logprobs(model, seq, torch.ones_like(seq))[0, len(p):]
-            gap = max(gap, float((mine - logp[i, :n[i]]).abs().max()))
-    return gap
 
 
 def _backends():
