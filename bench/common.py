@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from alignmesh.clients.cluster import free_port, health_ok
+from alignmesh.deploy.local import free_port, health_ok
 
 
 def start_service(role: str, model_dir: str, threads: int = 1, **cluster) -> tuple[subprocess.Popen, str]:
@@ -21,7 +21,7 @@ def start_service(role: str, model_dir: str, threads: int = 1, **cluster) -> tup
     (tmp / "cluster.yaml").write_text(yaml.safe_dump(cfg))
     port, mport = free_port(), free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-m", "alignmesh.clients.cli", "serve", role, "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "alignmesh.deploy.cli", "serve", role, "--config",
                              str(tmp / "cluster.yaml"), "--port", str(port), "--metrics-port", str(mport)],
                             stdout=open(tmp / "log", "w"), stderr=subprocess.STDOUT, env=env)
     address = f"127.0.0.1:{port}"

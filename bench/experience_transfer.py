@@ -30,7 +30,7 @@ ROLES = ("rollout", "reward", "reference", "trainer")
 
 def run_job(args, out: Path) -> list[dict]:
     from alignmesh.clients.client import Client
-    from alignmesh.clients.cluster import LocalCluster
+    from alignmesh.deploy.local import LocalCluster
     from alignmesh.services.common.settings import ClusterConfig
 
     cfg = ClusterConfig(state_dir=str(out / "state"))

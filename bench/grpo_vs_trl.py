@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 
 def ours(init: str | None, args, out: Path) -> tuple[str, dict]:
     from alignmesh.clients.client import Client
-    from alignmesh.clients.cluster import LocalCluster
+    from alignmesh.deploy.local import LocalCluster
     from alignmesh.services.common.settings import ClusterConfig
 
     cfg = ClusterConfig(state_dir=str(out / "state"))

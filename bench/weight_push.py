@@ -94,7 +94,7 @@ def run(model_dir: str, receivers: int, buckets: list[int]) -> list:
 
 
 def _free_port() -> int:
-    from alignmesh.clients.cluster import free_port
+    from alignmesh.deploy.local import free_port
 
     return free_port()
 

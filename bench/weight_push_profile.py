@@ -84,7 +84,7 @@ def _worker(rank: int, world: int, port: int, bucket_bytes: int, out) -> None:
 
 
 def run(receivers: int, bucket_bytes: int) -> list:
-    from alignmesh.clients.cluster import free_port
+    from alignmesh.deploy.local import free_port
 
     port = free_port()
     store = dist.TCPStore("127.0.0.1", port, None, True, dt.timedelta(seconds=120), wait_for_workers=False)

@@ -22,6 +22,7 @@ from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2
 from alignmesh.services.common.config import from_dict
 from alignmesh.services.models.light_tokenizer import load_light_tokenizer
+from alignmesh.services.models.tiny import ensure_model
 
 if TYPE_CHECKING:
     from alignmesh.coordinator.jobs import JobManager
@@ -138,7 +139,7 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
     cfg = parse_job_config(rec.config_yaml)
     flow_cls = resolve(cfg.algorithm)
     params = from_dict(flow_cls.Params, cfg.params, "params")
-    model_path = str(cluster.model_path())
+    model_path = str(ensure_model(cluster))
     tokenizer = load_light_tokenizer(model_path)
     run = RunDir(rec.run_dir, tensorboard=cfg.tensorboard)
     run.write_config(rec.config_yaml)

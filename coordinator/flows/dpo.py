@@ -9,6 +9,7 @@ import torch
 
 from alignmesh.coordinator.data import answer_preferences, load_preferences_jsonl
 from alignmesh.coordinator.flows.base import FlowContext
+from alignmesh.coordinator.flows.registry import FLOWS
 
 
 @dataclass
@@ -22,6 +23,7 @@ class DPOParams:
     label_smoothing: float = 0.0
 
 
+@FLOWS.register("dpo")
 class DPO:
     Params = DPOParams
 

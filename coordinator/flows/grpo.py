@@ -8,6 +8,7 @@ import torch
 
 from alignmesh.coordinator.algos.advantages import group_normalized_advantages, informative_groups
 from alignmesh.coordinator.flows.base import FlowContext
+from alignmesh.coordinator.flows.registry import FLOWS
 
 
 @dataclass
@@ -29,6 +30,7 @@ class GRPOParams:
             raise ConfigError(f"{where}: prompts_per_step >= 1, learning_rate > 0, kl_coef >= 0, epochs >= 1")
 
 
+@FLOWS.register("grpo")
 class GRPO:
     Params = GRPOParams
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from alignmesh.coordinator.flows.base import FlowContext
+from alignmesh.coordinator.flows.registry import FLOWS
 
 
 @dataclass
@@ -19,6 +20,7 @@ class OnlineDPOParams:
     label_smoothing: float = 0.0
 
 
+@FLOWS.register("online_dpo")
 class OnlineDPO:
     Params = OnlineDPOParams
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from alignmesh.coordinator.algos.advantages import adaptive_kl_coef, gae, kl_penalized_rewards, whiten
 from alignmesh.coordinator.flows import sequences
 from alignmesh.coordinator.flows.base import FlowContext
+from alignmesh.coordinator.flows.registry import FLOWS
 from alignmesh.services.common.errors import FailedPrecondition
 
 
@@ -28,6 +29,7 @@ class PPOParams:
     whiten_advantages: bool = True
 
 
+@FLOWS.register("ppo")
 class PPO:
     Params = PPOParams
 

@@ -1,50 +1,28 @@
-"""Flow registry: built-in names, or a user's class by ``package.module:Class`` / ``path/to/file.py:Class``."""
+"""The flow registry: built-in flows register themselves (``@FLOWS.register("grpo")`` beside their class); a user's
+flow is named ``package.module:Class`` or ``path/to/file.py:Class`` in the job's ``algorithm``."""
 
 from __future__ import annotations
 
-from typing import Callable
-
 from alignmesh.services.common.errors import ConfigError
+from alignmesh.services.common.registry import Registry, load_callable
 
-FLOWS: dict[str, Callable[[], object]] = {}
-
-
-def register(name: str):
-    def deco(cls):
-        FLOWS[name] = cls
-        return cls
-    return deco
-
-
-def _builtins() -> None:
-    from alignmesh.coordinator.flows.dpo import DPO
-    from alignmesh.coordinator.flows.grpo import GRPO
-    from alignmesh.coordinator.flows.online_dpo import OnlineDPO
-    from alignmesh.coordinator.flows.ppo import PPO
-    from alignmesh.coordinator.flows.reward_model import RewardModel
-    from alignmesh.coordinator.flows.reinforce_pp import ReinforcePP
-    from alignmesh.coordinator.flows.rloo import RLOO
-    from alignmesh.coordinator.flows.sft import SFT
-
-    for name, cls in (("grpo", GRPO), ("sft", SFT), ("rloo", RLOO), ("reinforce_pp", ReinforcePP),
-                      ("online_dpo", OnlineDPO), ("dpo", DPO), ("ppo", PPO), ("reward_model", RewardModel)):
-        FLOWS.setdefault(name, cls)
+_BUILTIN = {name: f"alignmesh.coordinator.flows.{module}" for name, module in (
+    ("grpo", "grpo"), ("sft", "sft"), ("rloo", "rloo"), ("reinforce_pp", "reinforce_pp"),
+    ("online_dpo", "online_dpo"), ("dpo", "dpo"), ("ppo", "ppo"), ("reward_model", "reward_model"))}
+FLOWS: Registry[type] = Registry("algorithm", "algorithm", _BUILTIN)
 
 
 def resolve(name: str):
     """Return the flow class for ``algorithm``; errors name the field."""
-    _builtins()
-    if name in FLOWS:
-        return FLOWS[name]
-    if ":" in name:
-        from alignmesh.services.reward.registry import load_callable
-
-        try:
-            cls = load_callable(name)
-        except ConfigError as exc:
-            raise ConfigError(f"algorithm: {exc}") from None
-        if not hasattr(cls, "run") or not hasattr(cls, "Params"):
-            raise ConfigError(f"algorithm: {name} must be a class with a Params dataclass and async run(ctx)")
-        return cls
-    raise ConfigError(f"algorithm: unknown algorithm {name!r}; built in: {sorted(FLOWS)}, or give "
-                      f"'package.module:FlowClass' / 'path/to/file.py:FlowClass'")
+    if name in FLOWS or ":" not in name:
+        if name not in FLOWS:
+            raise ConfigError(f"algorithm: unknown algorithm {name!r}; built in: {FLOWS.names()}, or give "
+                              f"'package.module:FlowClass' / 'path/to/file.py:FlowClass'")
+        return FLOWS.get(name)
+    try:
+        cls = load_callable(name)
+    except ConfigError as exc:
+        raise ConfigError(f"algorithm: {exc}") from None
+    if not hasattr(cls, "run") or not hasattr(cls, "Params"):
+        raise ConfigError(f"algorithm: {name} must be a class with a Params dataclass and async run(ctx)")
+    return cls

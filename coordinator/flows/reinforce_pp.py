@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from alignmesh.coordinator.algos.advantages import reinforce_pp_advantages
 from alignmesh.coordinator.flows import sequences
 from alignmesh.coordinator.flows.base import FlowContext
+from alignmesh.coordinator.flows.registry import FLOWS
 
 
 @dataclass
@@ -19,6 +20,7 @@ class ReinforcePPParams:
     clip_eps: float = 0.2
 
 
+@FLOWS.register("reinforce_pp")
 class ReinforcePP:
     Params = ReinforcePPParams
 

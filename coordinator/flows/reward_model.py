@@ -10,6 +10,7 @@ import torch
 
 from alignmesh.coordinator.data import Preference, answer_preferences, load_preferences_jsonl
 from alignmesh.coordinator.flows.base import FlowContext
+from alignmesh.coordinator.flows.registry import FLOWS
 from alignmesh.services.common.errors import FailedPrecondition
 
 
@@ -24,6 +25,7 @@ class RewardModelParams:
     negatives: str = "random"
 
 
+@FLOWS.register("reward_model")
 class RewardModel:
     Params = RewardModelParams
 

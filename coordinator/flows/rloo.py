@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from alignmesh.coordinator.algos.advantages import informative_groups, rloo_advantages
 from alignmesh.coordinator.flows.base import FlowContext
+from alignmesh.coordinator.flows.registry import FLOWS
 
 
 @dataclass
@@ -16,6 +17,7 @@ class RLOOParams:
     clip_eps: float = 0.2
 
 
+@FLOWS.register("rloo")
 class RLOO:
     Params = RLOOParams
 

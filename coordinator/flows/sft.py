@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignmesh.coordinator.flows.base import FlowContext
+from alignmesh.coordinator.flows.registry import FLOWS
 
 
 @dataclass
@@ -16,6 +17,7 @@ class SFTParams:
     eval_every: int = 10
 
 
+@FLOWS.register("sft")
 class SFT:
     Params = SFTParams
 

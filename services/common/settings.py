@@ -10,6 +10,7 @@ from alignmesh.services.common.errors import ConfigError
 
 ROLES = ("trainer", "critic", "rollout", "reward", "reference", "coordinator")
 DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "tiny-llama-chars-v1"  # the embedded default (services/models/tiny.py)
 
 
 def _positive(where: str, name: str, value: float) -> None:
@@ -86,6 +87,9 @@ class TrainerConfig:
     zero_stage: int = 2  # deepspeed ZeRO stage: 0, 1, 2 or 3
     tensor_parallel: int = 1  # megatron: ranks that split each layer (must divide processes)
     dist_timeout_s: float = 300.0  # timeout of every collective among the trainer's ranks
+    # Modules (package.module) or files (path/to/file.py) imported by every trainer rank at start, so that their
+    # `LOSSES.register(...)` lines add user losses. Operator-listed: jobs can only name losses registered here.
+    plugins: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         _positive(where, "learning_rate", self.learning_rate)
@@ -166,16 +170,20 @@ class ClusterConfig:
         return getattr(self, role).replicas
 
     def model_path(self) -> Path:
-        """Resolve ``model``: the embedded default is created (once, cached) when first asked for."""
+        """Resolve ``model`` to a directory. The embedded default must have been created first (the launcher
+        does it once, before any process starts: ``services.models.tiny.ensure_model``)."""
         if self.model == DEFAULT_MODEL:
-            from alignmesh.services.models.tiny import ensure_default_model
-
-            return ensure_default_model(Path(self.cache_dir).expanduser())
+            return default_model_dir(self.cache_dir)
         path = Path(self.model).expanduser()
         if not (path / "config.json").is_file():
             raise ConfigError(f"model: {path} is not a model directory (no config.json); "
                               f"give a local HF model directory or 'default'")
         return path
+
+
+def default_model_dir(cache_dir: str | Path) -> Path:
+    """Where the embedded default model lives under ``cache_dir``."""
+    return Path(cache_dir).expanduser() / "models" / DEFAULT_MODEL_NAME
 
 
 def load_cluster_config(path: str | Path | None) -> ClusterConfig:

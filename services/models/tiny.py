@@ -11,9 +11,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from alignmesh.services.common.settings import DEFAULT_MODEL, DEFAULT_MODEL_NAME, ClusterConfig, default_model_dir
+
 CHARS = "0123456789+=-*() "
 SPECIALS = ("<pad>", "<s>", "</s>")
-DEFAULT_NAME = "tiny-llama-chars-v1"
+DEFAULT_NAME = DEFAULT_MODEL_NAME
 
 
 def build_tokenizer():
@@ -65,7 +67,14 @@ def create_model_dir(path: str | Path, seed: int = 0, **arch) -> Path:
 
 
 def ensure_default_model(cache_dir: Path) -> Path:
-    path = Path(cache_dir) / "models" / DEFAULT_NAME
+    path = default_model_dir(cache_dir)
     if not (path / "config.json").is_file():
         create_model_dir(path, seed=0)
     return path
+
+
+def ensure_model(cfg: ClusterConfig) -> Path:
+    """``cfg.model_path()``, creating the embedded default first when ``model: default``."""
+    if cfg.model == DEFAULT_MODEL:
+        ensure_default_model(Path(cfg.cache_dir).expanduser())
+    return cfg.model_path()

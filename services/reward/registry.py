@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from alignmesh.services.common.errors import ConfigError, InvalidArgument
-from alignmesh.services.reward.rules import BUILTIN
-
-RuleFn = Callable[[str, str, dict], float]
-
+from alignmesh.services.common.registry import load_callable
+from alignmesh.services.reward.rules import RULES, RuleFn
 
 @dataclass
 class Item:
@@ -42,30 +36,10 @@ class RuleScorer:
         return out
 
 
-def load_callable(ref: str) -> Callable:
-    """``package.module:function`` or ``path/to/file.py:function``."""
-    if ":" not in ref:
-        raise ConfigError(f"{ref!r}: write it as 'package.module:function' or 'file.py:function'")
-    module_ref, _, attr = ref.rpartition(":")
-    try:
-        if module_ref.endswith(".py"):
-            path = Path(module_ref).expanduser().resolve()
-            spec = importlib.util.spec_from_file_location(f"alignmesh_user_{path.stem}", path)
-            if spec is None or not path.is_file():
-                raise FileNotFoundError(path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_ref)
-        return getattr(module, attr)
-    except (ImportError, FileNotFoundError, AttributeError) as exc:
-        raise ConfigError(f"{ref!r} cannot be loaded: {exc}") from None
-
-
 class Registry:
     def __init__(self, default: str):
-        self.scorers: dict[str, Scorer] = {name: RuleScorer(name, fn) for name, fn in BUILTIN.items()}
+        self.scorers: dict[str, Scorer] = {name: RuleScorer(name, RULES.get(name))
+                                              for name in RULES.names()}
         self.default = default
 
     def add_rule(self, name: str, ref: str) -> None:

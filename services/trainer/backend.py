@@ -1,19 +1,20 @@
 """The trainer Protocol, the experience it trains on, and the backend registry.
 
-The trainer is algorithm-blind: it applies a named loss from ``LOSSES`` to the experience it is sent.
+The trainer is algorithm-blind: it applies a loss named in the loss registry (``losses.LOSSES``) to the
+experience it is sent, through the one step loop in ``step.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
 
+from alignmesh.services.common.registry import Registry
 from alignmesh.services.sync.buckets import Spec
 from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.sender import PublishStats
-from alignmesh.services.trainer import losses
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Experience:
     ref_logprobs: torch.Tensor | None = None  # float32 [B, T]
     returns: torch.Tensor | None = None  # float32 [B, T] (critic)
     old_values: torch.Tensor | None = None  # float32 [B, T] (critic)
+    old_logprobs: torch.Tensor | None = None  # float32 [B, T]: frozen before the first of several epochs
 
 
 @dataclass
@@ -37,6 +39,7 @@ class LossSpec:
     beta: float = 0.1
     variant: str = "sigmoid"
     label_smoothing: float = 0.0
+    params: dict[str, float] = field(default_factory=dict)  # knobs of user-registered losses
 
 
 @dataclass
@@ -71,67 +74,22 @@ class TrainerBackend(Protocol):
     def publish(self, group_id: str, version: int, bucket_bytes: int) -> PublishStats: ...
 
 
-LOSS_NAMES = ("policy_gradient", "sft", "dpo")
-
-
-def check_step(batch: Experience, loss: LossSpec) -> None:
-    """What every policy trainer needs of a TrainStep's experience for its loss; raises InvalidArgument."""
-    from alignmesh.services.common.errors import InvalidArgument
-
-    if loss.name not in LOSS_NAMES:
-        raise InvalidArgument("loss.name", f"unknown loss {loss.name!r}; known: {list(LOSS_NAMES)}")
-    if loss.name == "policy_gradient" and batch.advantages is None:
-        raise InvalidArgument("advantages", "required by the policy_gradient loss")
-    if loss.name == "dpo" and (batch.ref_logprobs is None or batch.input_ids.shape[0] % 2):
-        raise InvalidArgument("ref_logprobs", "the dpo loss needs ref_logprobs and an even batch "
-                                              "(chosen rows first, then their rejected rows)")
-
-
 def move_experience(batch: Experience, device: str) -> Experience:
     """The batch on ``device``, with a float loss mask."""
     move = (lambda t: None if t is None else t.to(device))
     return Experience(move(batch.input_ids), move(batch.attention_mask), move(batch.loss_mask).float(),
-                      move(batch.advantages), move(batch.ref_logprobs), move(batch.returns), move(batch.old_values))
+                      move(batch.advantages), move(batch.ref_logprobs), move(batch.returns),
+                      move(batch.old_values), move(batch.old_logprobs))
 
 
-def token_objective(logp: torch.Tensor, b: Experience, s: slice, loss: LossSpec, old: torch.Tensor | None,
-                    normalizer: float | torch.Tensor):
-    """The ``sft`` or ``policy_gradient`` loss of rows ``s`` (logp: their per-token logprobs)."""
-    if loss.name == "sft":
-        return losses.sft_loss(logp, b.loss_mask[s], normalizer)
-    ref = b.ref_logprobs[s] if b.ref_logprobs is not None else None
-    old_s = old[s] if old is not None else logp.detach()
-    return losses.policy_gradient_loss(logp, old_s, b.advantages[s], b.loss_mask[s], loss.clip_eps, ref,
-                                       loss.kl_coef, normalizer)
-
-
-def pair_objective(logp: torch.Tensor, b: Experience, loss: LossSpec):
-    """The ``dpo`` loss of a batch of chosen rows followed by their rejected rows; returns (loss, stats, pairs)."""
-    seq = losses.sequence_logprobs(logp, b.loss_mask)
-    ref = losses.sequence_logprobs(b.ref_logprobs, b.loss_mask)
-    half = seq.shape[0] // 2
-    value, stats = losses.dpo_loss(seq[:half], seq[half:], ref[:half], ref[half:], loss.beta, loss.variant,
-                                   loss.label_smoothing)
-    return value, stats, half
-
-
-BACKENDS: dict[str, Callable[..., TrainerBackend]] = {}
-
-
-def register(name: str):
-    def deco(factory):
-        BACKENDS[name] = factory
-        return factory
-    return deco
+BACKENDS: Registry[Callable[..., TrainerBackend]] = Registry("trainer backend", "trainer.backend", {
+    "torch": "alignmesh.services.trainer.torch_backend",
+    "critic": "alignmesh.services.trainer.critic_backend",
+    "deepspeed": "alignmesh.services.trainer.parallel_backend",
+    "megatron": "alignmesh.services.trainer.parallel_backend",
+})
+register = BACKENDS.register
 
 
 def create(name: str, **kwargs) -> TrainerBackend:
-    if name == "torch":
-        from alignmesh.services.trainer import torch_backend  # noqa: F401  (registers itself)
-    if name == "critic":
-        from alignmesh.services.trainer import critic_backend  # noqa: F401  (registers itself)
-    if name in ("deepspeed", "megatron"):
-        from alignmesh.services.trainer import parallel_backend  # noqa: F401  (registers both)
-    if name not in BACKENDS:
-        raise ValueError(f"trainer.backend: unknown backend {name!r}; known: ['torch', 'deepspeed', 'megatron', 'critic']")
-    return BACKENDS[name](**kwargs)
+    return BACKENDS.get(name)(**kwargs)

@@ -47,18 +47,31 @@ def experience_from_proto(req: trainer_pb2.TrainStepRequest, vocab_size: int) ->
     return Experience(ids, mask, loss_mask, adv, ref, **extra)
 
 
+_KNOBS = ("clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing")
+
+
 def loss_from_proto(msg: trainer_pb2.LossSpec) -> LossSpec:
-    spec = LossSpec(name=msg.name or "policy_gradient", clip_eps=msg.clip_eps or 0.2, kl_coef=msg.kl_coef,
-                    epochs=msg.epochs or 1, micro_batch_size=msg.micro_batch_size, beta=msg.beta or 0.1,
-                    variant=msg.variant or "sigmoid", label_smoothing=msg.label_smoothing)
+    """Unset knobs keep ``LossSpec``'s defaults; a knob that is set is taken as sent (0 included)."""
+    knobs = {k: getattr(msg, k) for k in _KNOBS if msg.HasField(k)}
+    spec = LossSpec(name=msg.name or "policy_gradient", params=dict(msg.params), **knobs)
     if spec.variant not in ("sigmoid", "ipo"):
         raise InvalidArgument("loss.variant", f"must be sigmoid or ipo, got {spec.variant!r}")
-    if not 0 <= spec.label_smoothing < 0.5 or spec.beta <= 0:
-        raise InvalidArgument("loss.beta", "beta must be > 0 and label_smoothing in [0, 0.5)")
-    if spec.kl_coef < 0:
+    if not 0 <= spec.label_smoothing < 0.5:
+        raise InvalidArgument("loss.label_smoothing", f"must be in [0, 0.5), got {spec.label_smoothing}")
+    if not spec.beta > 0:
+        raise InvalidArgument("loss.beta", f"must be > 0, got {spec.beta}")
+    if not spec.clip_eps >= 0:
+        raise InvalidArgument("loss.clip_eps", f"must be >= 0, got {spec.clip_eps}")
+    if not spec.kl_coef >= 0:
         raise InvalidArgument("loss.kl_coef", f"must be >= 0, got {spec.kl_coef}")
-    if spec.micro_batch_size < 0 or spec.epochs < 1:
-        raise InvalidArgument("loss.micro_batch_size", "must be >= 0 (and loss.epochs >= 1)")
+    if spec.micro_batch_size < 0:
+        raise InvalidArgument("loss.micro_batch_size", f"must be >= 0 (0: the whole batch), got "
+                                                       f"{spec.micro_batch_size}")
+    if spec.epochs < 1:
+        raise InvalidArgument("loss.epochs", f"must be >= 1, got {spec.epochs}")
+    bad = [k for k, v in spec.params.items() if v != v or v in (float("inf"), float("-inf"))]
+    if bad:
+        raise InvalidArgument(f"loss.params[{bad[0]!r}]", "must be a finite number")
     return spec
 
 

@@ -1,17 +1,15 @@
 """Critic and reward-model trainer: the policy's backbone with a scalar head (a sequence-classification model
 with one label), so an exported directory loads with ``AutoModelForSequenceClassification`` and is served by
-the reward service's model scorer. Losses: ``value`` (clipped, per token) and ``pairwise`` (Bradley-Terry)."""
+the reward service's model scorer. It trains the registry's critic losses (``value``, ``pairwise``) through the
+same step loop as the policy trainers; only its forward differs."""
 
 from __future__ import annotations
 
 import torch
 
-from alignmesh.services.common.errors import InvalidArgument
-from alignmesh.services.trainer import losses
-from alignmesh.services.trainer.backend import Experience, LossSpec, move_experience, register
-from alignmesh.services.trainer.torch_backend import TorchTrainerBackend
-
-CRITIC_LOSSES = ("value", "pairwise")
+from alignmesh.services.trainer.backend import register
+from alignmesh.services.trainer.losses import Values
+from alignmesh.services.trainer.torch_backend import TorchEngine, TorchTrainerBackend
 
 
 def token_values(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -27,8 +25,18 @@ def token_values(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     return values, v[torch.arange(v.shape[0]), last]
 
 
+class CriticEngine(TorchEngine):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Values:
+        return Values(*token_values(self.model, input_ids, attention_mask))
+
+
 @register("critic")
 class TorchCriticBackend(TorchTrainerBackend):
+    model_kind = "critic"
+
+    def _engine(self) -> CriticEngine:
+        return CriticEngine(self.model, self.optimizer, self.grad_clip)
+
     def _load_model(self, path: str) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
@@ -46,35 +54,3 @@ class TorchCriticBackend(TorchTrainerBackend):
         with self.lock, torch.no_grad():
             values, scores = token_values(self.model, input_ids.to(self.device), attention_mask.to(self.device))
         return values.cpu(), scores.cpu()
-
-    def train_step(self, batch: Experience, loss: LossSpec, learning_rate: float | None) -> tuple[int, dict]:
-        if loss.name not in CRITIC_LOSSES:
-            raise InvalidArgument("loss.name", f"a critic trains with {list(CRITIC_LOSSES)}, got {loss.name!r}")
-        if loss.name == "value" and (batch.returns is None or batch.old_values is None):
-            raise InvalidArgument("returns", "the value loss needs returns and old_values")
-        if loss.name == "pairwise" and batch.input_ids.shape[0] % 2:
-            raise InvalidArgument("input_ids", "pairwise needs an even batch: chosen rows first, then rejected")
-        with self.lock:
-            if learning_rate is not None:
-                for g in self.optimizer.param_groups:
-                    g["lr"] = learning_rate
-            batch = move_experience(batch, self.device)
-            stats: dict[str, float] = {}
-            for _ in range(max(1, loss.epochs)):
-                self.optimizer.zero_grad(set_to_none=True)
-                values, scores = token_values(self.model, batch.input_ids, batch.attention_mask)
-                if loss.name == "value":
-                    value, parts = losses.value_loss(values, batch.old_values, batch.returns, batch.loss_mask,
-                                                     loss.clip_eps)
-                else:
-                    half = scores.shape[0] // 2
-                    value, parts = losses.pairwise_loss(scores[:half], scores[half:])
-                value.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-                self.optimizer.step()
-                stats = {"loss": float(value.detach()), "grad_norm": float(grad_norm),
-                         **{k: float(v) for k, v in parts.items()}}
-            self.step += 1
-            stats["lr"] = self.optimizer.param_groups[0]["lr"]
-            return self.step, stats
-

@@ -1,13 +1,25 @@
-"""Policy losses as pure torch functions: tensors in, tensors out. No I/O, no config objects.
+"""Losses as pure torch functions (tensors in, tensors out; no I/O, no config objects), and the loss registry.
 
 Shapes: B sequences, T positions. ``logprobs[b, t] = log pi(x_t | x_<t)``; ``mask[b, t] = 1`` where the token at
-t is trained on. Every loss is a token sum divided by ``normalizer`` (default: ``mask.sum()``), so a batch split
-into micro-batches that share the full batch's normalizer gives the same gradient as the whole batch.
+t is trained on. Every token loss is a token sum divided by ``normalizer`` (default: ``mask.sum()``), so a batch
+split into micro-batches that share the full batch's normalizer gives the same gradient as the whole batch.
+
+The registry (``LOSSES``, at the end) names each loss's *objective*: a few lines that pick its inputs out of the
+experience and its knobs out of the ``LossSpec`` and call the pure function. Adding a loss is one objective and
+one ``LOSSES.register`` line; the trainer's step loop (``step.py``) and every engine then run it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
 import torch
+
+from alignmesh.services.common.registry import Registry
+
+if TYPE_CHECKING:
+    from alignmesh.services.trainer.backend import Experience, LossSpec
 
 
 def _norm(mask: torch.Tensor, normalizer: float | torch.Tensor | None) -> torch.Tensor:
@@ -68,6 +80,13 @@ def sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return (logprobs * mask.to(logprobs.dtype)).sum(dim=-1)
 
 
+def mean_sequence_logprobs(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token mean log-probability over the masked tokens, ``sum_t mask_bt l_bt / max(1, sum_t mask_bt)``:
+    [B, T] -> [B]. IPO's inputs (its target margin is defined on length-averaged log-ratios)."""
+    mask = mask.to(logprobs.dtype)
+    return (logprobs * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
+
+
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
              beta: float, variant: str = "sigmoid", label_smoothing: float = 0.0,
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -77,6 +96,10 @@ def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Ten
         sigmoid (DPO, Rafailov et al. 2023), with label smoothing e (conservative DPO):
             L = -(1 - e) log sigma(beta h) - e log sigma(-beta h)
         ipo (Azar et al. 2023):  L = (h - 1 / (2 beta))^2
+
+    For ``sigmoid`` pass summed log-probabilities (``sequence_logprobs``); for ``ipo`` pass length-averaged ones
+    (``mean_sequence_logprobs``): its target margin 1/(2 beta) is defined per token, as the IPO authors advise
+    (and TRL implements), so that it does not grow with completion length.
 
     Stats: ``reward_margin`` = mean beta h, ``pref_accuracy`` = share of pairs with h > 0.
     """
@@ -119,3 +142,64 @@ def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.T
     with torch.no_grad():
         stats = {"pref_accuracy": (chosen > rejected).float().mean(), "margin": (chosen - rejected).mean()}
     return loss, stats
+
+
+# -- the registry ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Loss:
+    """A registered loss. ``objective(out, batch, spec, normalizer) -> (loss, stats)`` where ``out`` is the
+    engine's forward of ``batch``'s rows: per-token log-probabilities [B, T] for ``model="policy"``, ``Values``
+    for ``model="critic"``. Token losses (``paired=False``) get one micro-batch at a time and the normalizer of
+    the whole batch; pair losses get all pairs at once (chosen rows, then their rejected rows) and ``None``.
+    ``needs`` names the ``Experience`` fields the loss cannot do without; ``uses_old_logprobs``: with several
+    epochs, the step loop freezes the policy's log-probabilities before the first one (``batch.old_logprobs``)."""
+
+    objective: Callable
+    needs: tuple[str, ...] = ()
+    paired: bool = False
+    model: str = "policy"
+    uses_old_logprobs: bool = False
+
+
+@dataclass
+class Values:
+    """A critic's forward: ``values`` [B, T] (the state before each token) and ``scores`` [B] (last token)."""
+
+    values: torch.Tensor
+    scores: torch.Tensor
+
+
+LOSSES: Registry[Loss] = Registry("loss", "loss.name")
+
+
+def _policy_gradient(logp: torch.Tensor, b: Experience, spec: LossSpec, normalizer):
+    old = b.old_logprobs if b.old_logprobs is not None else logp.detach()
+    return policy_gradient_loss(logp, old, b.advantages, b.loss_mask, spec.clip_eps, b.ref_logprobs, spec.kl_coef,
+                                normalizer)
+
+
+def _sft(logp: torch.Tensor, b: Experience, spec: LossSpec, normalizer):
+    return sft_loss(logp, b.loss_mask, normalizer)
+
+
+def _dpo(logp: torch.Tensor, b: Experience, spec: LossSpec, normalizer=None):
+    seq_logprobs = mean_sequence_logprobs if spec.variant == "ipo" else sequence_logprobs
+    seq, ref = seq_logprobs(logp, b.loss_mask), seq_logprobs(b.ref_logprobs, b.loss_mask)
+    half = seq.shape[0] // 2
+    return dpo_loss(seq[:half], seq[half:], ref[:half], ref[half:], spec.beta, spec.variant, spec.label_smoothing)
+
+
+def _value(out: Values, b: Experience, spec: LossSpec, normalizer):
+    return value_loss(out.values, b.old_values, b.returns, b.loss_mask, spec.clip_eps, normalizer)
+
+
+def _pairwise(out: Values, b: Experience, spec: LossSpec, normalizer=None):
+    half = out.scores.shape[0] // 2
+    return pairwise_loss(out.scores[:half], out.scores[half:])
+
+
+LOSSES.register("policy_gradient", Loss(_policy_gradient, needs=("advantages",), uses_old_logprobs=True))
+LOSSES.register("sft", Loss(_sft))
+LOSSES.register("dpo", Loss(_dpo, needs=("ref_logprobs",), paired=True))
+LOSSES.register("value", Loss(_value, needs=("returns", "old_values"), model="critic"))
+LOSSES.register("pairwise", Loss(_pairwise, paired=True, model="critic"))

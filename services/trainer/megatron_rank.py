@@ -20,10 +20,11 @@ import torch.distributed as dist
 
 from alignmesh.services.compat.megatron import apply_cpu_shims
 from alignmesh.services.sync import buckets as bk
-from alignmesh.services.trainer.backend import Experience, LossSpec, pair_objective, token_objective
+from alignmesh.services.trainer.backend import Experience, LossSpec
 from alignmesh.services.trainer.megatron_model import Shape, build_gpt, causal_mask, hf_from_shards, megatron_shard
 from alignmesh.services.trainer.megatron_model import replicated_param, sources
-from alignmesh.services.trainer.ranks import RankSettings, micro_slices, select, shard_rows
+from alignmesh.services.trainer.ranks import RankSettings
+from alignmesh.services.trainer.step import train_step
 
 
 @dataclass
@@ -51,6 +52,7 @@ class MegatronRank:
         ps.initialize_model_parallel(tensor_model_parallel_size=s.tensor_parallel)
         self.tp_rank, self.dp_rank = ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank()
         self.dp = self.world // s.tensor_parallel
+        self.data_rank, self.data_world = self.dp_rank, self.dp
         torch.manual_seed(s.seed)
         get_cuda_rng_tracker().reset()
         get_cuda_rng_tracker().add("model-parallel-rng", s.seed + 2718 + self.tp_rank)  # Megatron's convention
@@ -93,60 +95,22 @@ class MegatronRank:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def train(self, batch: Experience, loss: LossSpec, lr: float | None) -> dict[str, float]:
-        if lr is not None:
-            self.set_lr(lr)
-        paired = loss.name == "dpo"
-        n = batch.input_ids.shape[0]
-        self._dummy = (batch.input_ids[:1], batch.attention_mask[:1])
-        shard = select(batch, shard_rows(n, self.dp_rank, self.dp, paired))
-        size = 0 if paired else loss.micro_batch_size
-        slices = micro_slices(shard.input_ids.shape[0], math.ceil(n / self.dp), size)
-        old = None
-        if loss.name == "policy_gradient" and loss.epochs > 1:
-            with torch.no_grad():
-                old = torch.cat([self._logprobs(shard, sl) for sl in slices])
-        stats: dict[str, float] = {}
-        for _ in range(max(1, loss.epochs)):
-            self.optimizer.zero_grad(set_to_none=True)
-            if paired:
-                stats = self._dpo_backward(shard, loss, n // 2)
-            else:
-                stats = self._backward(shard, loss, old, slices, float(batch.loss_mask.sum().clamp(min=1.0)))
-            self._step()
-        return stats if self.tp_rank == 0 else {}  # TP ranks hold the same numbers: count them once
+        """The step loop, data parallel over the ``dp`` replicas; TP ranks hold the same numbers: count them once."""
+        stats = train_step(self, batch, loss, lr)
+        return stats if self.tp_rank == 0 else {}
 
-    def _logprobs(self, b: Experience, sl: slice) -> torch.Tensor:
-        if b.input_ids[sl].shape[0] == 0:  # every TP rank must join the forward's collectives
-            self.logprobs(*self._dummy)
-            return torch.zeros((0, b.input_ids.shape[1]))
-        return self.logprobs(b.input_ids[sl], b.attention_mask[sl])
+    # the step loop's engine
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.logprobs(input_ids, attention_mask)
 
-    def _backward(self, b: Experience, loss: LossSpec, old, slices: list[slice], tokens: float) -> dict[str, float]:
-        normalizer = tokens / self.dp  # gradients are averaged over data-parallel replicas
-        totals: dict[str, float] = {}
-        for sl in slices:
-            if b.input_ids[sl].shape[0] == 0:
-                (self.logprobs(*self._dummy).sum() * 0.0).backward()
-                continue
-            logp = self.logprobs(b.input_ids[sl], b.attention_mask[sl])
-            value, stats = token_objective(logp, b, sl, loss, old, normalizer)
-            value.backward()
-            totals["loss"] = totals.get("loss", 0.0) + float(value.detach()) / self.dp
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / self.dp
-        totals["tokens"] = tokens / self.dp
-        return totals
+    def backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        loss.backward()
 
-    def _dpo_backward(self, b: Experience, loss: LossSpec, pairs: int) -> dict[str, float]:
-        mine = b.input_ids.shape[0] // 2
-        if mine == 0:
-            (self.logprobs(*self._dummy).sum() * 0.0).backward()
-            return {}
-        value, stats, _ = pair_objective(self.logprobs(b.input_ids, b.attention_mask), b, loss)
-        weight = mine / pairs
-        (value * weight * self.dp).backward()
-        return {"loss": float(value.detach()) * weight, **{k: float(v) * weight for k, v in stats.items()},
-                "pairs": float(mine)}
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self._step()
 
     def _step(self) -> None:
         named = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]

@@ -33,8 +33,10 @@ from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.sender import PublishStats, SenderGroups, publish_buckets
 from alignmesh.services.trainer import checkpoint
+from alignmesh.services.common.registry import load_plugins
 from alignmesh.services.trainer.backend import (CheckpointInfo, Experience, LossSpec, TrainerStateInfo,
-                                                check_step, move_experience, register)
+                                                move_experience, register)
+from alignmesh.services.trainer.step import resolve_loss
 
 log = logging.getLogger("alignmesh.trainer.parallel")
 IDLE_TIMEOUT = dt.timedelta(days=7)  # how long workers wait for the next command (a trainer may idle)
@@ -46,6 +48,7 @@ RANK_KINDS = {  # kind -> (module, settings class, rank class)
 
 def make_rank(kind: str, settings: dict):
     module, settings_cls, rank_cls = RANK_KINDS[kind]
+    load_plugins(settings.get("plugins", ()), "trainer.plugins")  # user losses, registered in every rank
     mod = importlib.import_module(module)
     return getattr(mod, rank_cls)(getattr(mod, settings_cls)(**settings))
 
@@ -126,7 +129,7 @@ class ParallelTrainerBackend:
 
     # -- training ---------------------------------------------------------------------------------------
     def train_step(self, batch: Experience, loss: LossSpec, learning_rate: float | None) -> tuple[int, dict]:
-        check_step(batch, loss)
+        resolve_loss(batch, loss, "policy")
         batch = move_experience(batch, "cpu")  # what is broadcast to the other ranks
         with self.lock:
             self._send("train", batch, loss, learning_rate)
@@ -230,12 +233,12 @@ class ParallelTrainerBackend:
 def deepspeed_trainer(model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
                       grad_clip: float = 1.0, seed: int = 0, device: str = "cpu", processes: int = 2,
                       zero_stage: int = 2, dist_timeout_s: float = 300.0, threads: int = 0,
-                      **unused) -> ParallelTrainerBackend:
+                      plugins: tuple[str, ...] = (), **unused) -> ParallelTrainerBackend:
     """DeepSpeed ZeRO (stage 0-3), data parallel over ``processes`` ranks."""
     if zero_stage not in (0, 1, 2, 3):
         raise InvalidArgument("trainer.zero_stage", f"must be 0, 1, 2 or 3, got {zero_stage}")
     settings = dict(model_path=model_path, zero_stage=zero_stage, learning_rate=learning_rate, betas=list(betas),
-                    weight_decay=weight_decay, grad_clip=grad_clip, seed=seed)
+                    weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, plugins=list(plugins))
     return ParallelTrainerBackend("zero", settings, processes, device, dist_timeout_s, threads)
 
 
@@ -243,13 +246,14 @@ def deepspeed_trainer(model_path: str, learning_rate: float = 1e-4, betas=(0.9, 
 def megatron_trainer(model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
                      grad_clip: float = 1.0, seed: int = 0, device: str = "cpu", processes: int = 2,
                      tensor_parallel: int = 2, dist_timeout_s: float = 300.0, threads: int = 0,
-                     **unused) -> ParallelTrainerBackend:
+                     plugins: tuple[str, ...] = (), **unused) -> ParallelTrainerBackend:
     """Megatron-core GPTModel: tensor parallel over ``tensor_parallel`` ranks, data parallel over the rest."""
     if tensor_parallel < 1 or processes % tensor_parallel:
         raise InvalidArgument("trainer.tensor_parallel", f"must divide trainer.processes ({processes}), "
                                                          f"got {tensor_parallel}")
     settings = dict(model_path=model_path, tensor_parallel=tensor_parallel, learning_rate=learning_rate,
-                    betas=list(betas), weight_decay=weight_decay, grad_clip=grad_clip, seed=seed)
+                    betas=list(betas), weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
+                    plugins=list(plugins))
     return ParallelTrainerBackend("megatron", settings, processes, device, dist_timeout_s, threads)
 
 

@@ -15,8 +15,42 @@ from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.sender import PublishStats, SenderGroups, named_weights, publish
 from alignmesh.services.trainer import checkpoint
 from alignmesh.services.trainer.backend import (CheckpointInfo, Experience, LossSpec, TrainerStateInfo,
-                                                check_step, move_experience, pair_objective, register,
-                                                token_objective)
+                                                move_experience, register)
+from alignmesh.services.trainer.step import resolve_loss, train_step
+
+
+class TorchEngine:
+    """The step loop's engine for one process: plain autograd, AdamW, ``clip_grad_norm_``."""
+
+    data_rank, data_world = 0, 1
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float):
+        self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
+        self._norm = 0.0
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return token_logprobs(self.model, input_ids, attention_mask)
+
+    def backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        loss.backward()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self._norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+        self.optimizer.step()
+
+    def grad_norm(self) -> float:
+        return self._norm
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
 
 @register("torch")
 class TorchTrainerBackend:
@@ -37,58 +71,19 @@ class TorchTrainerBackend:
         self.lock = threading.Lock()
 
     # -- training ---------------------------------------------------------------------------------------
+    model_kind = "policy"
+
     def train_step(self, batch: Experience, loss: LossSpec, learning_rate: float | None) -> tuple[int, dict]:
-        check_step(batch, loss)
+        resolve_loss(batch, loss, self.model_kind)
         with self.lock:
-            if learning_rate is not None:
-                for g in self.optimizer.param_groups:
-                    g["lr"] = learning_rate
-            batch = move_experience(batch, self.device)
-            old = self._old_logprobs(batch, loss) if loss.name == "policy_gradient" and loss.epochs > 1 else None
-            stats: dict[str, float] = {}
-            for _ in range(max(1, loss.epochs)):
-                stats = self._dpo_update(batch, loss) if loss.name == "dpo" else self._one_update(batch, loss, old)
+            engine = self._engine()
+            stats = train_step(engine, move_experience(batch, self.device), loss, learning_rate)
             self.step += 1
-            stats["lr"] = self.optimizer.param_groups[0]["lr"]
+            stats.update(grad_norm=engine.grad_norm(), lr=engine.lr())
             return self.step, stats
 
-    def _micro_batches(self, batch: Experience, size: int):
-        size = size or batch.input_ids.shape[0]
-        for i in range(0, batch.input_ids.shape[0], size):
-            yield i, slice(i, i + size)
-
-    def _old_logprobs(self, batch: Experience, loss: LossSpec) -> torch.Tensor:
-        with torch.no_grad():
-            parts = [token_logprobs(self.model, batch.input_ids[s], batch.attention_mask[s])
-                     for _, s in self._micro_batches(batch, loss.micro_batch_size)]
-        return torch.cat(parts)
-
-    def _one_update(self, batch: Experience, loss: LossSpec, old: torch.Tensor | None) -> dict[str, float]:
-        normalizer = batch.loss_mask.sum().clamp(min=1.0)
-        totals: dict[str, float] = {}
-        self.optimizer.zero_grad(set_to_none=True)
-        for _, s in self._micro_batches(batch, loss.micro_batch_size):
-            logp = token_logprobs(self.model, batch.input_ids[s], batch.attention_mask[s])
-            value, stats = token_objective(logp, batch, s, loss, old, normalizer)
-            value.backward()
-            totals["loss"] = totals.get("loss", 0.0) + float(value.detach())
-            for k, v in stats.items():  # stats are already divided by the full-batch normalizer
-                totals[k] = totals.get(k, 0.0) + float(v)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        totals["grad_norm"] = float(grad_norm)
-        totals["tokens"] = float(normalizer)
-        return totals
-
-    def _dpo_update(self, batch: Experience, loss: LossSpec) -> dict[str, float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        logp = token_logprobs(self.model, batch.input_ids, batch.attention_mask)
-        value, stats, half = pair_objective(logp, batch, loss)
-        value.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        return {"loss": float(value.detach()), **{k: float(v) for k, v in stats.items()},
-                "grad_norm": float(grad_norm), "pairs": float(half)}
+    def _engine(self) -> "TorchEngine":
+        return TorchEngine(self.model, self.optimizer, self.grad_clip)
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str, export_hf: bool) -> CheckpointInfo:

@@ -1,16 +1,13 @@
 """One rank of the DeepSpeed trainer: a ZeRO engine over the causal LM, and the work each rank does per command.
 
 Rank 0 (inside the trainer service) and ranks 1..N-1 (``rank_worker`` processes) call the same methods in the
-same order; rank 0 broadcasts each command first (see ``parallel_backend``). Data parallel: every rank takes a
-contiguous shard of the batch's rows (a DPO pair stays on one rank). DeepSpeed averages gradients over ranks, so
-each rank's loss is normalised by the *global* token (or pair) count divided by the world size; the sum over ranks
-then equals the single-process loss of the whole batch.
+same order; rank 0 broadcasts each command first (see ``parallel_backend``). Training is the shared step loop
+(``step.train_step``, data parallel over all ranks) over this class's engine methods.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -21,8 +18,9 @@ from alignmesh.services.compat.deepspeed import forget_groups, launcher_env
 from alignmesh.services.models.loading import load_causal_lm
 from alignmesh.services.models.logprobs import token_logprobs
 from alignmesh.services.sync import buckets as bk
-from alignmesh.services.trainer.backend import Experience, LossSpec, pair_objective, token_objective
-from alignmesh.services.trainer.ranks import RankSettings, micro_slices, select, shard_rows
+from alignmesh.services.trainer.backend import Experience, LossSpec
+from alignmesh.services.trainer.ranks import RankSettings
+from alignmesh.services.trainer.step import train_step
 
 
 @dataclass
@@ -36,6 +34,7 @@ class ZeroRank:
 
         self.s = s
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.data_rank, self.data_world = self.rank, self.world
         launcher_env(self.rank, self.rank, self.world)
         torch.manual_seed(s.seed)
         self.engine = self._engine(deepspeed, s.model_path)
@@ -59,71 +58,23 @@ class ZeroRank:
         return float(self.engine.optimizer.param_groups[0]["lr"])
 
     def train(self, batch: Experience, loss: LossSpec, lr: float | None) -> dict[str, float]:
-        """One optimizer step per epoch over this rank's shard; returns this rank's share of the batch stats
-        (rank 0 sums the shares of all ranks)."""
-        if lr is not None:
-            self.set_lr(lr)
-        paired = loss.name == "dpo"
-        n = batch.input_ids.shape[0]
-        self._dummy = (batch.input_ids[:1], batch.attention_mask[:1])  # the forward of an empty shard
-        rows = shard_rows(n, self.rank, self.world, paired)
-        shard = select(batch, rows)
-        per_rank_max = math.ceil(n / self.world)
-        size = 0 if paired else loss.micro_batch_size  # dpo: a shard's pairs are one micro-batch
-        slices = micro_slices(shard.input_ids.shape[0], per_rank_max, size)
-        old = None
-        if loss.name == "policy_gradient" and loss.epochs > 1:
-            with torch.no_grad():
-                old = torch.cat([self._logprobs(shard, s) for s in slices])
-        stats: dict[str, float] = {}
-        for _ in range(max(1, loss.epochs)):
-            if paired:
-                stats = self._dpo_update(shard, loss, n // 2)
-            else:
-                stats = self._update(shard, loss, old, slices, float(batch.loss_mask.sum().clamp(min=1.0)))
-        return stats
+        """One optimizer step per epoch over this rank's shard (the step loop); returns this rank's share of the
+        batch stats (rank 0 sums the shares of all ranks)."""
+        return train_step(self, batch, loss, lr)
 
-    def _logprobs(self, b: Experience, s: slice) -> torch.Tensor:
-        ids, mask = b.input_ids[s], b.attention_mask[s]
-        if ids.shape[0] == 0:  # still run a forward: ZeRO-3 ranks gather parameters together
-            token_logprobs(self.engine, *self._dummy)
-            return torch.zeros((0, b.input_ids.shape[1]))
-        return token_logprobs(self.engine, ids, mask)
+    # the step loop's engine: DeepSpeed averages gradients over ranks, clips and steps
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return token_logprobs(self.engine, input_ids, attention_mask)
 
-    def _update(self, b: Experience, loss: LossSpec, old: torch.Tensor | None, slices: list[slice],
-                tokens: float) -> dict[str, float]:
-        normalizer = tokens / self.world
-        totals: dict[str, float] = {}
-        for i, s in enumerate(slices):
-            self.engine.set_gradient_accumulation_boundary(i == len(slices) - 1)
-            value, stats = self._micro_loss(b, loss, old, s, normalizer)
-            self.engine.backward(value)
-            totals["loss"] = totals.get("loss", 0.0) + float(value.detach()) / self.world
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / self.world
+    def backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss)
+
+    def zero_grad(self) -> None:
+        pass  # engine.step() clears the gradients it applied
+
+    def step(self) -> None:
         self.engine.step()
-        totals["tokens"] = tokens / self.world
-        return totals
-
-    def _micro_loss(self, b: Experience, loss: LossSpec, old, s: slice, normalizer: float):
-        if b.input_ids[s].shape[0] == 0:  # an empty micro-batch still runs forward/backward, with zero weight
-            return token_logprobs(self.engine, *self._dummy).sum() * 0.0, {}
-        logp = token_logprobs(self.engine, b.input_ids[s], b.attention_mask[s])
-        return token_objective(logp, b, s, loss, old, normalizer)
-
-    def _dpo_update(self, b: Experience, loss: LossSpec, pairs: int) -> dict[str, float]:
-        self.engine.set_gradient_accumulation_boundary(True)
-        mine = b.input_ids.shape[0] // 2
-        if mine == 0:
-            value, stats = self._micro_loss(b, loss, None, slice(0, 0), 1.0)
-        else:
-            logp = token_logprobs(self.engine, b.input_ids, b.attention_mask)
-            value, stats, _ = pair_objective(logp, b, loss)
-            weight = mine / pairs  # this rank's share of the pairs
-            value, stats = value * weight * self.world, {k: float(v) * weight for k, v in stats.items()}
-        self.engine.backward(value)
-        self.engine.step()
-        return {"loss": float(value.detach()) / self.world, **stats, "pairs": float(mine)}
 
     def grad_norm(self) -> float:
         norm = self.engine.get_global_grad_norm()

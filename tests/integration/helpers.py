@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import yaml
 
-from alignmesh.clients.cluster import free_port, health_ok
+from alignmesh.deploy.local import free_port, health_ok
 
 
 def cluster_yaml(tmp: Path, model_dir: Path | str, **extra) -> Path:
@@ -29,7 +29,7 @@ def serve(role: str, config: Path, log: Path) -> tuple[subprocess.Popen, str, in
     port, mport = free_port(), free_port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "alignmesh.clients.cli", "serve", role, "--config",
+        proc = subprocess.Popen([sys.executable, "-m", "alignmesh.deploy.cli", "serve", role, "--config",
                                  str(config), "--port", str(port), "--metrics-port", str(mport)],
                                 stdout=fh, stderr=subprocess.STDOUT, env=env)
     address = f"127.0.0.1:{port}"

@@ -9,7 +9,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from alignmesh.clients.cluster import LocalCluster
+from alignmesh.deploy.local import LocalCluster
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.coordinator.v1 import coordinator_pb2, coordinator_pb2_grpc
 from alignmesh.protos.reference.v1 import reference_pb2, reference_pb2_grpc

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from alignmesh.clients.client import Client
-from alignmesh.clients.cluster import LocalCluster
+from alignmesh.deploy.local import LocalCluster
 from alignmesh.services.common.settings import load_cluster_config
 
 from helpers import cluster_yaml, greedy_sequences, logprob_gap

@@ -16,7 +16,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from alignmesh.clients.client import Client
-from alignmesh.clients.cluster import LocalCluster
+from alignmesh.deploy.local import LocalCluster
 from alignmesh.services.common.settings import load_cluster_config
 
 from helpers import cluster_yaml, metric_value, scrape

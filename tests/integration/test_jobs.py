@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignmesh.clients.client import Client
-from alignmesh.clients.cluster import LocalCluster
+from alignmesh.deploy.local import LocalCluster
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.rollout.v1 import rollout_pb2_grpc
 from alignmesh.services.common.settings import load_cluster_config

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from alignmesh.clients.client import Client
-from alignmesh.clients.cluster import LocalCluster, health_ok
+from alignmesh.deploy.local import LocalCluster, health_ok
 from alignmesh.services.common.settings import load_cluster_config
 
 from helpers import cluster_yaml

@@ -25,7 +25,14 @@ class ComputeValuesResponse(_message.Message):
     def __init__(self, values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class LossSpec(_message.Message):
-    __slots__ = ("name", "clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing")
+    __slots__ = ("name", "clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLIP_EPS_FIELD_NUMBER: _ClassVar[int]
     KL_COEF_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +41,7 @@ class LossSpec(_message.Message):
     BETA_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
     name: str
     clip_eps: float
     kl_coef: float
@@ -42,7 +50,8 @@ class LossSpec(_message.Message):
     beta: float
     variant: str
     label_smoothing: float
-    def __init__(self, name: _Optional[str] = ..., clip_eps: _Optional[float] = ..., kl_coef: _Optional[float] = ..., epochs: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., beta: _Optional[float] = ..., variant: _Optional[str] = ..., label_smoothing: _Optional[float] = ...) -> None: ...
+    params: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., clip_eps: _Optional[float] = ..., kl_coef: _Optional[float] = ..., epochs: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., beta: _Optional[float] = ..., variant: _Optional[str] = ..., label_smoothing: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class TrainStepRequest(_message.Message):
     __slots__ = ("input_ids", "attention_mask", "loss_mask", "advantages", "ref_logprobs", "loss", "learning_rate", "returns", "old_values")

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from alignmesh.services.trainer.backend import Experience, LossSpec  # noqa: E402
 from alignmesh.services.trainer.parallel_backend import deepspeed_trainer, megatron_trainer  # noqa: E402
 from alignmesh.services.trainer.torch_backend import TorchTrainerBackend  # noqa: E402
-from alignmesh.services.trainer.ranks import micro_slices, shard_rows  # noqa: E402
+from alignmesh.services.trainer.step import micro_slices, shard_rows  # noqa: E402
 
 
 def test_shards_cover_every_row_once_and_keep_pairs_together():

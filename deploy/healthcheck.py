@@ -1,11 +1,11 @@
-"""``python -m alignmesh.clients.healthcheck HOST:PORT [CLUSTER_YAML]``: exit 0 when the service reports SERVING
+"""``python -m alignmesh.deploy.healthcheck HOST:PORT [CLUSTER_YAML]``: exit 0 when the service reports SERVING
 (over TLS when the cluster config turns it on)."""
 
 from __future__ import annotations
 
 import sys
 
-from alignmesh.clients.cluster import health_ok
+from alignmesh.deploy.local import health_ok
 from alignmesh.services.common.settings import load_cluster_config
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from alignmesh.services.common.config import dump_yaml
 from alignmesh.services.common.errors import ConfigError
 from alignmesh.services.common.server import channel_credentials
 from alignmesh.services.common.settings import ClusterConfig, SecurityConfig
-from alignmesh.services.main import COMPUTE_ROLES, default_threads
+from alignmesh.services.models.tiny import ensure_model
+from alignmesh.clients.local_state import read_state, state_file
+from alignmesh.deploy.serve import COMPUTE_ROLES, default_threads
 
 START_ORDER = ("trainer", "critic", "rollout", "reference", "reward", "coordinator")
 
@@ -118,7 +120,7 @@ class LocalCluster:
         return next(self.address(m) for m in self.members if m.role == "coordinator")
 
     def _resolve(self) -> Path:
-        self.cfg.model = str(self.cfg.model_path())  # creates the embedded default once, before any process
+        self.cfg.model = str(ensure_model(self.cfg))  # creates the embedded default once, before any process
         self.members = plan(self.cfg)
         self.cfg.endpoints = {r: [self.address(m) for m in self.members if m.role == r] for r in START_ORDER}
         self.cfg.coordinator.store_host = self.cfg.host
@@ -157,7 +159,7 @@ class LocalCluster:
     def _spawn(self, m: Member) -> subprocess.Popen:
         threads = str(default_threads(self.cfg, m.role))
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "alignmesh.clients.cli", "serve", m.role, "--config", str(self.resolved),
+        cmd = [sys.executable, "-m", "alignmesh.deploy.cli", "serve", m.role, "--config", str(self.resolved),
                "--port", str(m.port), "--metrics-port", str(m.metrics_port)]
         with open(m.log, "a") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -201,7 +203,7 @@ class LocalCluster:
     def _write_state(self) -> None:
         state = {"launcher_pid": os.getpid(), "host": self.cfg.host,
                  "members": [m.__dict__ for m in self.members]}
-        (self.state_dir / "cluster.json").write_text(json.dumps(state, indent=2))
+        state_file(self.state_dir).write_text(json.dumps(state, indent=2))
 
     def table(self) -> str:
         rows = [("role", "replica", "address", "metrics", "pid")]
@@ -223,9 +225,7 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        state = self.state_dir / "cluster.json"
-        if state.exists():
-            state.unlink()
+        state_file(self.state_dir).unlink(missing_ok=True)
 
     def __enter__(self) -> "LocalCluster":
         self.start()
@@ -233,11 +233,6 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def read_state(state_dir: str) -> dict | None:
-    path = Path(state_dir).expanduser().resolve() / "cluster.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def down(state_dir: str, grace_s: float = 15.0) -> int:
@@ -254,7 +249,7 @@ def down(state_dir: str, grace_s: float = 15.0) -> int:
     for pid in pids:
         if _alive(pid):
             _signal(pid, signal.SIGKILL)
-    (Path(state_dir).expanduser().resolve() / "cluster.json").unlink(missing_ok=True)
+    state_file(state_dir).unlink(missing_ok=True)
     return len(pids)
 
 

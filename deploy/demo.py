@@ -9,7 +9,7 @@ import yaml
 from pathlib import Path
 
 from alignmesh.clients.client import Client
-from alignmesh.clients.cluster import LocalCluster
+from alignmesh.deploy.local import LocalCluster
 from alignmesh.clients.progress import print_events, total_steps
 from alignmesh.services.common.settings import ClusterConfig, load_cluster_config
 

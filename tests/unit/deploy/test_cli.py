@@ -8,7 +8,7 @@ import pytest
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "alignmesh.clients.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "alignmesh.deploy.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=120)
 
 

@@ -1,4 +1,5 @@
-"""``alignmesh serve <role>``: build one role's backend and serve it."""
+"""``alignmesh serve <role>``: build one role's backend and serve it (the launcher: the one place that knows
+every role, so that roles never import one another)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Callable, Sequence
 
 from alignmesh.services.common import threads
 from alignmesh.services.common.server import ServeSpec, serve
+from alignmesh.services.common.registry import load_plugins
 from alignmesh.services.common.settings import ROLES, ClusterConfig
 
 COMPUTE_ROLES = ("trainer", "critic", "rollout", "reference")
@@ -39,7 +41,9 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         from alignmesh.coordinator.servicer import build_coordinator
 
         return build_coordinator(cfg)
-    path = str(cfg.model_path())
+    from alignmesh.services.models.tiny import ensure_model
+
+    path = str(ensure_model(cfg))
     be = None
     if role == "rollout":
         from alignmesh.services.rollout import backend, servicer
@@ -71,10 +75,12 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         from alignmesh.services.trainer import backend, servicer
 
         t = cfg.trainer
+        load_plugins(t.plugins, "trainer.plugins")  # user losses (multi-process trainers load them in every rank)
         extra = {}
         if t.backend in ("deepspeed", "megatron"):  # each rank gets its share of the trainer's cores
-            extra = dict(processes=t.processes, zero_stage=t.zero_stage, tensor_parallel=t.tensor_parallel,
-                         dist_timeout_s=t.dist_timeout_s, threads=max(1, default_threads(cfg, "trainer") // t.processes))
+            extra = dict(plugins=t.plugins, processes=t.processes, zero_stage=t.zero_stage, tensor_parallel=t.tensor_parallel,
+                         dist_timeout_s=t.dist_timeout_s,
+                         threads=max(1, default_threads(cfg, "trainer") // t.processes))
         be = backend.create(t.backend, model_path=path, learning_rate=t.learning_rate, betas=t.betas,
                             weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, device=t.device,
                             **extra)
@@ -83,6 +89,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         from alignmesh.services.trainer import backend, servicer
 
         c = cfg.critic
+        load_plugins(cfg.trainer.plugins, "trainer.plugins")
         be = backend.create("critic", model_path=path, learning_rate=c.learning_rate, betas=c.betas,
                             grad_clip=c.grad_clip, seed=c.seed, device=c.device)
         svc = servicer.TrainerServicer(be, _vocab(path))

@@ -1,0 +1,145 @@
+"""The ``alignmesh`` command line: the job verbs (``alignmesh.clients.cli``, client only) plus the server verbs
+that start roles (``serve``, ``up``, ``down``, ``status``, ``demo``, ``run``, ``init-model``).
+
+Importing this module needs only the client's dependencies; a server verb on an install without the server
+extra says what to install instead of failing on a missing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+
+from alignmesh.clients import cli as job_cli
+from alignmesh.services.common.settings import ROLES, load_cluster_config
+
+SERVER_MODULES = ("torch", "transformers", "grpc_health", "grpc_reflection", "prometheus_client")
+
+
+def missing_server_modules() -> list[str]:
+    return [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+
+
+def _serve(args) -> int:
+    from alignmesh.deploy.serve import run
+
+    run(args.role, load_cluster_config(args.config), args.port, args.metrics_port, args.host)
+    return 0
+
+
+def _up(args) -> int:
+    from alignmesh.deploy.local import LocalCluster
+
+    cluster = LocalCluster(load_cluster_config(args.config), detach=args.detach)
+    t0 = time.time()
+    cluster.start()
+    print(f"cluster healthy in {time.time() - t0:.1f}s\n{cluster.table()}\ncoordinator: "
+          f"{cluster.coordinator_address()}", flush=True)
+    if args.detach:
+        print("stop it with: alignmesh down")
+        return 0
+    try:
+        while all(p.poll() is None for p in cluster._procs):
+            time.sleep(0.5)
+        print("a service exited; stopping the cluster", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        cluster.stop()
+
+
+def _down(args) -> int:
+    from alignmesh.deploy.local import down
+
+    n = down(load_cluster_config(args.config).state_dir)
+    print(f"stopped {n} processes" if n else "no local cluster is running")
+    return 0
+
+
+def _status(args) -> int:
+    from alignmesh.clients.local_state import read_state
+    from alignmesh.deploy.local import health_ok
+
+    cfg = load_cluster_config(args.config)
+    state = read_state(cfg.state_dir)
+    if state is None:
+        print("no local cluster is running")
+        return 1
+    bad = 0
+    for m in state["members"]:
+        ok = health_ok(f"{state['host']}:{m['port']}", security=cfg.security)
+        bad += not ok
+        print(f"{m['role']:<12} {m['replica']:<3} {state['host']}:{m['port']:<6} "
+              f"{'SERVING' if ok else 'NOT SERVING'}")
+    return 1 if bad else 0
+
+
+def _demo(args) -> int:
+    from alignmesh.deploy.demo import run_demo
+
+    return run_demo(args.config, args.job_config, args.out)
+
+
+def _init_model(args) -> int:
+    from alignmesh.services.models.tiny import create_model_dir
+
+    print(create_model_dir(args.path, seed=args.seed))
+    return 0
+
+
+def add_server_verbs(sub) -> None:
+    s = sub.add_parser("serve", help="serve one role in this process")
+    s.add_argument("role", choices=ROLES)
+    s.add_argument("--config", help="cluster YAML")
+    s.add_argument("--port", type=int, default=0)
+    s.add_argument("--metrics-port", type=int, default=0)
+    s.add_argument("--host", default=None)
+    s.set_defaults(fn=_serve, server=True)
+    for name, fn, helptext in (("up", _up, "start a local cluster"), ("down", _down, "stop the local cluster"),
+                               ("status", _status, "health of the local cluster")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("config", nargs="?", help="cluster YAML (default: built-in defaults)")
+        if name == "up":
+            s.add_argument("--detach", action="store_true", help="return once healthy; stop with `alignmesh down`")
+        s.set_defaults(fn=fn, server=name != "down")
+    s = sub.add_parser("demo", help="GRPO on the embedded task through a local cluster, with a before/after table")
+    s.add_argument("--config", default=None, help="cluster YAML (default: 2 rollout replicas)")
+    s.add_argument("--job-config", default=None, help="job YAML (default: examples/grpo_addition.yaml)")
+    s.add_argument("--out", default="runs", help="where run directories go")
+    s.set_defaults(fn=_demo, server=True)
+    s = sub.add_parser("run", help="start a local cluster, run one job config to the end, print before/after")
+    s.add_argument("job_config")
+    s.add_argument("--config", default=None, help="cluster YAML (default: 2 rollout replicas, a critic if needed)")
+    s.add_argument("--out", default="runs", help="where run directories go")
+    s.set_defaults(fn=lambda a: _demo(argparse.Namespace(config=a.config, job_config=a.job_config, out=a.out)),
+                   server=True)
+    s = sub.add_parser("init-model", help="write the embedded default model to a directory")
+    s.add_argument("path")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_init_model, server=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alignmesh", description="LLM alignment training as a gRPC cluster of roles")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    job_cli.add_job_verbs(sub)
+    add_server_verbs(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    missing = missing_server_modules() if getattr(args, "server", False) else []
+    if missing:
+        print(f"alignmesh: error: `{args.cmd}` runs the server side, which is not installed here (missing: "
+              f"{', '.join(missing)}); install it with: pip install 'alignmesh[server]' (CPU: pip install "
+              f"torch==2.13.0 first)", file=sys.stderr)
+        return 2
+    return job_cli.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
