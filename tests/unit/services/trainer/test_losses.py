@@ -128,3 +128,24 @@ def test_pairwise_loss_by_hand():
     loss, stats = pairwise_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
     assert loss.item() == pytest.approx((math.log(1 + math.exp(-1.0)) + math.log(2)) / 2, abs=1e-6)
     assert stats["pref_accuracy"].item() == 0.5
+
+
+def test_ipo_margin_is_per_completion_token_on_pairs_of_different_lengths():
+    """IPO compares length-averaged log-ratios with 1/(2 beta): a pair whose chosen completion has 2 tokens and
+    whose rejected one has 4 gets the same h as if both had one token with their mean log-probability."""
+    from alignmesh.services.trainer.backend import Experience, LossSpec
+    from alignmesh.services.trainer.losses import LOSSES
+
+    # rows: chosen (2 completion tokens), then rejected (4 completion tokens); one prompt token in front
+    logp = torch.tensor([[0.0, -1.0, -3.0, 0.0, 0.0], [0.0, -1.0, -1.0, -2.0, -4.0]])
+    ref = torch.tensor([[0.0, -2.0, -2.0, 0.0, 0.0], [0.0, -1.0, -1.0, -1.0, -1.0]])
+    loss_mask = torch.tensor([[0.0, 1, 1, 0, 0], [0.0, 1, 1, 1, 1]])
+    b = Experience(torch.zeros(2, 5, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int64), loss_mask,
+                   ref_logprobs=ref)
+    # means: chosen -2.0 vs ref -2.0 -> 0.0; rejected -2.0 vs ref -1.0 -> -1.0; h = 0 - (-1) = 1.0
+    # beta 0.25: target 1/(2 beta) = 2.0; L = (1 - 2)^2 = 1.0. (Summed log-probs would give h = 0 - (-4) = 4.)
+    loss, stats = LOSSES.get("dpo").objective(logp, b, LossSpec("dpo", beta=0.25, variant="ipo"), None)
+    assert loss.item() == pytest.approx(1.0, abs=1e-6)
+    assert stats["reward_margin"].item() == pytest.approx(0.25, abs=1e-6)
+    sig, _ = LOSSES.get("dpo").objective(logp, b, LossSpec("dpo", beta=0.25), None)  # sigmoid keeps sums
+    assert sig.item() == pytest.approx(-math.log(1 / (1 + math.exp(-0.25 * 4.0))), abs=1e-6)
