@@ -5,6 +5,7 @@ server verb there says what to install instead of failing on a missing torch."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,10 @@ def sh(*cmd, timeout=600, env=None, check=True) -> subprocess.CompletedProcess:
 def client_venv(tmp_path_factory) -> Path:
     """A new venv with `pip install <wheel of this checkout>`: only what the base install declares."""
     tmp = tmp_path_factory.mktemp("client-only")
-    sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", ROOT)
+    src = tmp / "src"  # build from a copy: a build leaves build/ and *.egg-info behind in its source tree
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv*", ".git", "build", "runs", "*.egg-info",
+                                                             "__pycache__", ".alignmesh"))
+    sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp / "dist", src)
     wheel = next((tmp / "dist").glob("alignmesh-*.whl"))
     sh(sys.executable, "-m", "venv", tmp / "venv")
     py = tmp / "venv" / "bin" / "python"
