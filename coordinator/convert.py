@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +92,8 @@ def train_request(ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor
                   returns: torch.Tensor | None = None, old_values: torch.Tensor | None = None,
                   ) -> trainer_pb2.TrainStepRequest:
     req = trainer_pb2.TrainStepRequest(input_ids=encode(ids), attention_mask=encode(mask),
-                                       loss_mask=encode(loss_mask.float()), loss=trainer_pb2.LossSpec(**loss))
+                                       loss_mask=encode(loss_mask.float()), loss=trainer_pb2.LossSpec(**loss),
+                                       request_id=uuid.uuid4().hex)  # one id for the step and its retries
     if advantages is not None:
         req.advantages.CopyFrom(encode(advantages.float()))
     if ref_logprobs is not None:

@@ -1,11 +1,13 @@
 """Handles to the role services, as flows use them: every call has a deadline; replicas are load-balanced and a
-replica that is UNAVAILABLE (or times out) has its share retried on the others, with backoff."""
+replica that is UNAVAILABLE (or times out) has its share retried on the others, with backoff. Calls that change
+state (TrainStep, SaveCheckpoint) carry one request id across their retries, so the trainer applies them once."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 import grpc
@@ -199,7 +201,8 @@ class TrainerHandle(Pool):
         return await self.call("GetState", trainer_pb2.GetStateRequest())
 
     async def save_checkpoint(self, path: str, export_hf: bool = False) -> trainer_pb2.CheckpointInfo:
-        return await self.call("SaveCheckpoint", trainer_pb2.SaveCheckpointRequest(path=path, export_hf=export_hf))
+        req = trainer_pb2.SaveCheckpointRequest(path=path, export_hf=export_hf, request_id=uuid.uuid4().hex)
+        return await self.call("SaveCheckpoint", req)  # retried with the same id: saved once
 
     async def values(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Critic: per-token values [B, T] and sequence scores [B]."""

@@ -8,6 +8,7 @@ from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from alignmesh.services.common import metrics
 from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument
+from alignmesh.services.common.once import Once
 from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.sync.convert import group_spec_from_proto, manifest_to_proto
 from alignmesh.services.trainer import convert
@@ -20,19 +21,27 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, backend: TrainerBackend, vocab_size: int):
         self.backend = backend
         self.vocab_size = vocab_size
+        self.once = Once()  # TrainStep and SaveCheckpoint run at most once per request id
 
     async def TrainStep(self, request, context):
         batch = convert.experience_from_proto(request, self.vocab_size)
         loss = convert.loss_from_proto(request.loss)
         lr = convert.learning_rate_from_proto(request)
-        step, stats = await asyncio.to_thread(run_pinned, self.backend.train_step, batch, loss, lr)
-        return trainer_pb2.TrainStepResponse(step=step, metrics=stats)
+
+        async def step():
+            step, stats = await asyncio.to_thread(run_pinned, self.backend.train_step, batch, loss, lr)
+            return trainer_pb2.TrainStepResponse(step=step, metrics=stats)
+        return await self.once.run(request.request_id, step)
 
     async def SaveCheckpoint(self, request, context):
         if not request.path:
             raise InvalidArgument("path", "must name the checkpoint directory")
-        info = await asyncio.to_thread(run_pinned, self.backend.save_checkpoint, request.path, request.export_hf)
-        return convert.checkpoint_to_proto(info)
+
+        async def save():
+            info = await asyncio.to_thread(run_pinned, self.backend.save_checkpoint, request.path,
+                                           request.export_hf)
+            return convert.checkpoint_to_proto(info)
+        return await self.once.run(request.request_id, save)
 
     async def LoadCheckpoint(self, request, context):
         if not request.path:

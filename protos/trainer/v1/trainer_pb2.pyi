@@ -54,7 +54,7 @@ class LossSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., clip_eps: _Optional[float] = ..., kl_coef: _Optional[float] = ..., epochs: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., beta: _Optional[float] = ..., variant: _Optional[str] = ..., label_smoothing: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class TrainStepRequest(_message.Message):
-    __slots__ = ("input_ids", "attention_mask", "loss_mask", "advantages", "ref_logprobs", "loss", "learning_rate", "returns", "old_values")
+    __slots__ = ("input_ids", "attention_mask", "loss_mask", "advantages", "ref_logprobs", "loss", "learning_rate", "returns", "old_values", "request_id")
     INPUT_IDS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     LOSS_MASK_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class TrainStepRequest(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     OLD_VALUES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     input_ids: _tensor_pb2.Tensor
     attention_mask: _tensor_pb2.Tensor
     loss_mask: _tensor_pb2.Tensor
@@ -73,7 +74,8 @@ class TrainStepRequest(_message.Message):
     learning_rate: float
     returns: _tensor_pb2.Tensor
     old_values: _tensor_pb2.Tensor
-    def __init__(self, input_ids: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss_mask: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., advantages: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., ref_logprobs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., learning_rate: _Optional[float] = ..., returns: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., old_values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, input_ids: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss_mask: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., advantages: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., ref_logprobs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., learning_rate: _Optional[float] = ..., returns: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., old_values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class TrainStepResponse(_message.Message):
     __slots__ = ("step", "metrics")
@@ -91,12 +93,14 @@ class TrainStepResponse(_message.Message):
     def __init__(self, step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SaveCheckpointRequest(_message.Message):
-    __slots__ = ("path", "export_hf")
+    __slots__ = ("path", "export_hf", "request_id")
     PATH_FIELD_NUMBER: _ClassVar[int]
     EXPORT_HF_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     path: str
     export_hf: bool
-    def __init__(self, path: _Optional[str] = ..., export_hf: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, path: _Optional[str] = ..., export_hf: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class LoadCheckpointRequest(_message.Message):
     __slots__ = ("path",)
