@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from pathlib import Path
@@ -107,6 +108,8 @@ class JobManager:
             if name not in KNOBS:
                 raise InvalidArgument(f"knobs.{name}", f"unknown knob; live knobs are {sorted(KNOBS)}")
             low, inclusive = KNOBS[name]
+            if not math.isfinite(value):
+                raise InvalidArgument(f"knobs.{name}", f"must be a finite number, got {value}")
             if value < low or (value == low and not inclusive):
                 raise InvalidArgument(f"knobs.{name}", f"must be {'>=' if inclusive else '>'} {low}, got {value}")
         control.knobs.update(knobs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -13,6 +14,18 @@ import yaml
 from alignmesh.services.common.errors import ConfigError
 
 T = TypeVar("T")
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; anything near this size is a mistake or an attack
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases: ``*name`` lets a 1 KB document expand to gigabytes (a "billion
+    laughs"), which the error messages that quote bad values would then print. Anchors alone are harmless."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in configs; write the "
+                                                          "value out", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -23,8 +36,11 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def parse_yaml(text: str, source: str = "<config>") -> dict:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text)} bytes; a config may have at most {MAX_CONFIG_BYTES} (put data in "
+                          f"dataset files, not in the config)")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -74,6 +90,12 @@ def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
 
 
+def show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages quote bad values, never whole documents."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else str(key)
 
@@ -94,7 +116,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(errors[0])
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where}: must be one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{where}: must be one of {list(args)}, got {show(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
@@ -116,23 +138,28 @@ def _scalar(tp: Any, value: Any, where: str) -> Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+            raise ConfigError(f"{where}: must be true or false, got {show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: must be an integer, got {value!r}")
+            raise ConfigError(f"{where}: must be an integer, got {show(value)}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise ConfigError(f"{where}: must be a number, got {value!r}")
-        return float(value)
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is None:
+            raise ConfigError(f"{where}: must be a number, got {show(value)}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: must be a finite number, got {show(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: must be a string, got {value!r}")
+            raise ConfigError(f"{where}: must be a string, got {show(value)}")
         return value
     return value

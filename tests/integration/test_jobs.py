@@ -98,6 +98,10 @@ def test_watch_pause_update_resume_cancel(cluster):
         with pytest.raises(grpc.RpcError) as err:
             client.update(j.id, learning_rate=-1.0)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "knobs.learning_rate" in err.value.details()
+        for bad in (float("nan"), float("inf")):  # NaN compares false with every bound: checked on its own
+            with pytest.raises(grpc.RpcError) as err:
+                client.update(j.id, temperature=bad)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "finite" in err.value.details()
         client.update(j.id, learning_rate=5e-5, temperature=0.9)
         assert client.resume(j.id).state == "running"
         wait_for_step(client, j.id, held + 2)

@@ -58,3 +58,35 @@ def test_every_example_cluster_config_loads():
     assert len(clusters) >= 4
     backends = {(c.trainer.backend, c.rollout.backend) for c in map(load_cluster_config, clusters)}
     assert {("deepspeed", "hf"), ("megatron", "hf"), ("deepspeed", "vllm")} <= backends
+
+
+def test_an_alias_bomb_is_refused_before_it_expands():
+    """A 1 KB "billion laughs" document: with aliases it would expand to 10^9 list items (and error messages
+    quoting the value would print them); aliases are refused at parse time, with the line."""
+    from alignmesh.coordinator.config import parse_job_config
+
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 10)}]")
+    lines.append("steps: *i")
+    text = "\n".join(lines) + "\n"
+    assert len(text) < 1024
+    with pytest.raises(ConfigError, match=r"line 2 column \d+ malformed YAML: aliases \(\*name\) are not accepted"):
+        parse_job_config(text)
+
+
+def test_huge_configs_and_long_values_are_cut_short(tmp_path):
+    from alignmesh.services.common.config import MAX_CONFIG_BYTES, parse_yaml
+
+    with pytest.raises(ConfigError, match=f"at most {MAX_CONFIG_BYTES}"):
+        parse_yaml("a: 1\n" * (MAX_CONFIG_BYTES // 4))
+    with pytest.raises(ConfigError) as err:
+        load_cluster_config(write(tmp_path, f"rollout:\n  replicas: '{'9' * 5000}x'\n"))
+    assert len(str(err.value)) < 200 and "(5003 characters)" in str(err.value)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "'nan'"])
+def test_non_finite_numbers_are_refused_by_name(tmp_path, value):
+    with pytest.raises(ConfigError, match="trainer.learning_rate: must be a finite number"):
+        load_cluster_config(write(tmp_path, f"trainer:\n  learning_rate: {value}\n"))
