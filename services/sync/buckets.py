@@ -122,6 +122,9 @@ def device_checksum(flat: torch.Tensor) -> tuple[int, int]:
     return int(words.sum()), int((words * weights).sum())
 
 
+WITHDRAWN = -1  # a trailer's version when the sender found weights it must not publish (NaN/Inf)
+
+
 def header(version: int, buckets: list[Bucket], sums: list[tuple[int, int]]) -> torch.Tensor:
     values = [version, len(buckets), sum(b.nbytes for b in buckets)]
     for s1, s2 in sums:

@@ -48,6 +48,9 @@ def receive_verified(group: SyncGroup, version: int, specs: list[bk.Spec], bucke
     start = time.perf_counter()
     plan = bk.plan(specs, bucket_bytes)
     got, flats, sums = _receive_buckets(group, plan, spare if spare is not None else {})
+    if got[0] == bk.WITHDRAWN:
+        raise Aborted(f"weight sync: the trainer withdrew version {version} (its weights are not finite); update "
+                      f"discarded, still serving {serving}")
     if got[0] != version or got[1] != len(plan):
         raise Aborted(f"weight sync: trailer says version {got[0]} with {got[1]} buckets, expected version "
                       f"{version} with {len(plan)}; update discarded, still serving {serving}")

@@ -77,6 +77,7 @@ def publish_buckets(group: SyncGroup, buckets: Iterable[tuple[bk.Bucket, dict[st
     plan: list[bk.Bucket] = []
     sums: list[tuple[int, int]] = []
     pending = None
+    poisoned = ""
     for i, (bucket, tensors) in enumerate(buckets):
         key = (i, bucket.dtype, bucket.numel)
         flat = bk.pack(bucket, tensors, buffers.get(key) if buffers is not None else None)
@@ -85,10 +86,16 @@ def publish_buckets(group: SyncGroup, buckets: Iterable[tuple[bk.Bucket, dict[st
         plan.append(bucket)
         work = group.broadcast_async(flat)
         sums.append(bk.checksum(flat))  # read-only while the bucket is on the wire
+        if not poisoned and flat.is_floating_point() and not bool(torch.isfinite(flat).all()):
+            poisoned = next(s.name for s in bucket.specs if not bool(torch.isfinite(tensors[s.name]).all()))
         if pending is not None:
             group.wait(pending[0])
         pending = (work, flat)  # keep the buffer alive until its broadcast completes
     if pending is not None:
         group.wait(pending[0])
-    group.broadcast(bk.header(version, plan, sums).to(group.device))
+    # Every bucket was sent (the receivers expect them all); a withdrawn trailer makes them discard the lot.
+    group.broadcast(bk.header(bk.WITHDRAWN if poisoned else version, plan, sums).to(group.device))
+    if poisoned:
+        raise FailedPrecondition(f"weight sync: {poisoned} holds NaN or Inf; version {version} was withdrawn and the "
+                                 f"replicas keep their weights (load a finite checkpoint to go on)")
     return PublishStats(version, sum(b.nbytes for b in plan), len(plan), time.perf_counter() - start)

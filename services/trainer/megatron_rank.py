@@ -109,10 +109,10 @@ class MegatronRank:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self) -> None:
-        self._step()
+    def step(self) -> bool:
+        return self._step()
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
         named = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
         if self.dp > 1:
             group = self.ps.get_data_parallel_group()
@@ -120,14 +120,18 @@ class MegatronRank:
                 dist.all_reduce(p.grad, group=group)
                 p.grad.div_(self.dp)
         self._last_norm = self._clip(named)
+        if not math.isfinite(self._last_norm):  # the same global norm on every rank: all skip together
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
         self.optimizer.step()
+        return True
 
     def _clip(self, named: list[tuple[str, torch.nn.Parameter]]) -> float:
         """Global gradient norm over the TP shards (replicated tensors counted once), then clip like
         ``torch.nn.utils.clip_grad_norm_``."""
         sharded = sum(float(p.grad.pow(2).sum()) for n, p in named if not replicated_param(n))
         replicated = sum(float(p.grad.pow(2).sum()) for n, p in named if replicated_param(n))
-        total = torch.tensor([sharded], dtype=torch.float64)
+        total = torch.tensor([sharded], dtype=torch.float64, device=self.s.device)  # NCCL needs it on the GPU
         dist.all_reduce(total, group=self.ps.get_tensor_model_parallel_group())
         norm = math.sqrt(float(total) + replicated)
         coef = self.s.grad_clip / (norm + 1e-6)

@@ -207,6 +207,8 @@ class ParallelTrainerBackend:
             buckets = self.rank.gather_buckets(bucket_bytes)
             try:
                 stats = publish_buckets(group, buckets, version, self._sync_buffers)
+            except FailedPrecondition:
+                raise  # withdrawn (NaN/Inf weights): every bucket was sent, the group is intact
             except Exception:
                 self._collective("weight gather", _drain, buckets)  # keep the ranks in step
                 self.senders.drop(group_id)

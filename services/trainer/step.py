@@ -14,6 +14,7 @@ whole batch, and every rank returns its share of the batch's statistics, which s
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Protocol
 
@@ -22,6 +23,8 @@ import torch
 from alignmesh.services.common.errors import ConfigError, InvalidArgument
 from alignmesh.services.trainer.backend import Experience, LossSpec
 from alignmesh.services.trainer.losses import LOSSES, Loss
+
+log = logging.getLogger("alignmesh.trainer.step")
 
 
 class Engine(Protocol):
@@ -38,8 +41,9 @@ class Engine(Protocol):
 
     def zero_grad(self) -> None: ...
 
-    def step(self) -> None:
-        """Average gradients over data-parallel ranks, clip them, step the optimizer."""
+    def step(self) -> bool:
+        """Average gradients over data-parallel ranks, clip them, step the optimizer. A step whose gradient is
+        not finite is skipped on every rank (the gradients are dropped): returns whether it was applied."""
 
     def grad_norm(self) -> float:
         """The gradient norm of the last step, before clipping."""
@@ -81,13 +85,18 @@ def train_step(engine: Engine, batch: Experience, spec: LossSpec, learning_rate:
         shard.old_logprobs = _frozen_logprobs(engine, shard, slices, idle)
     tokens = float(batch.loss_mask.sum().clamp(min=1.0))
     stats: dict[str, float] = {}
+    skipped = 0
     for _ in range(max(1, spec.epochs)):
         engine.zero_grad()
         if loss.paired:
             stats = _pair_pass(engine, loss, shard, spec, n // 2, idle)
         else:
             stats = _token_pass(engine, loss, shard, spec, slices, tokens, idle)
-        engine.step()
+        skipped += not engine.step()
+    if skipped:
+        log.warning("%d optimizer step(s) skipped: the gradient was not finite (loss %s)", skipped,
+                    stats.get("loss"))
+    stats["skipped_nonfinite"] = skipped / world  # the ranks' shares sum to the count
     return stats
 
 
@@ -129,7 +138,7 @@ def _frozen_logprobs(engine: Engine, b: Experience, slices: list[slice], idle) -
         for s in slices:
             if rows(b, s) == 0:
                 engine.forward(*idle)
-                parts.append(torch.zeros((0, b.input_ids.shape[1])))
+                parts.append(torch.zeros((0, b.input_ids.shape[1]), device=b.input_ids.device))
             else:
                 parts.append(engine.forward(b.input_ids[s], b.attention_mask[s]))
     return torch.cat(parts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -37,9 +38,13 @@ class TorchEngine:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self) -> None:
+    def step(self) -> bool:
         self._norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+        if not math.isfinite(self._norm):  # NaN/Inf somewhere: stepping would poison every weight
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
         self.optimizer.step()
+        return True
 
     def grad_norm(self) -> float:
         return self._norm
@@ -137,6 +142,8 @@ class TorchTrainerBackend:
         with self.lock:
             try:
                 stats = publish(group, named_weights(self.model), version, bucket_bytes, self._sync_buffers)
+            except FailedPrecondition:
+                raise  # withdrawn (NaN/Inf weights): the transfer itself completed, the group is intact
             except Exception:
                 self.senders.drop(group_id)
                 raise

@@ -8,6 +8,7 @@ same order; rank 0 broadcasts each command first (see ``parallel_backend``). Tra
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -73,8 +74,9 @@ class ZeroRank:
     def zero_grad(self) -> None:
         pass  # engine.step() clears the gradients it applied
 
-    def step(self) -> None:
-        self.engine.step()
+    def step(self) -> bool:
+        self.engine.step()  # DeepSpeed itself skips a step whose global gradient norm is not finite
+        return math.isfinite(self.grad_norm())
 
     def grad_norm(self) -> float:
         norm = self.engine.get_global_grad_norm()

@@ -141,6 +141,25 @@ def test_corrupted_bucket_is_detected_and_old_weights_keep_serving(trainer):
     assert trainer.max_logprob_gap() <= 1e-5  # still serving version 1 = the trainer's unchanged weights
 
 
+def test_nan_weights_are_withdrawn_and_never_served(trainer):
+    """A NaN in the trainer's weights: every bucket still crosses (the replica expects them all), the trailer
+    withdraws the version, the sender says which tensor, and the replica keeps serving its weights."""
+    from alignmesh.services.common.errors import FailedPrecondition
+
+    poisoned = copy.deepcopy(trainer.model)
+    with torch.no_grad():
+        poisoned.model.layers[1].mlp.up_proj.weight[3, 7] = float("nan")
+    fut = trainer.prepare("g1", 2)
+    with pytest.raises(FailedPrecondition, match=r"model.layers.1.mlp.up_proj.weight holds NaN or Inf; version 2 "
+                                                  r"was withdrawn"):
+        publish(trainer.group, named_weights(poisoned), 2, BUCKET)
+    with pytest.raises(grpc.RpcError) as err:
+        fut.result()
+    assert err.value.code() == grpc.StatusCode.ABORTED and "withdrew version 2" in err.value.details()
+    assert trainer.version().version == 1 and trainer.version().staged_version == -1
+    assert trainer.max_logprob_gap() <= 1e-5  # still version 1; the next test syncs over the same group
+
+
 def test_wrong_manifest_is_refused_before_any_transfer(trainer):
     specs = bk.specs_of(named_weights(trainer.model))
     specs[0] = bk.Spec(specs[0].name, specs[0].dtype, (specs[0].shape[0] + 1, specs[0].shape[1]))
