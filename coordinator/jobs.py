@@ -22,10 +22,10 @@ from alignmesh.services.common.settings import ClusterConfig
 log = logging.getLogger("alignmesh.jobs")
 
 
-def validate(text: str) -> JobConfig:
+def validate(text: str, cluster: ClusterConfig) -> JobConfig:
     """Parse and check a job config completely (flow params included) before anything is written."""
     cfg = parse_job_config(text)
-    flow = resolve(cfg.algorithm)
+    flow = resolve(cfg.algorithm, cluster.coordinator.flow_dirs, cluster.coordinator.flow_modules)
     from_dict(flow.Params, cfg.params, "params")
     return cfg
 
@@ -52,7 +52,7 @@ class JobManager:
             self._worker.cancel()
 
     def submit(self, text: str, name: str) -> JobRecord:
-        cfg = validate(text)
+        cfg = validate(text, self.cluster)
         job_id = uuid.uuid4().hex[:12]
         run_dir = str(Path(self.cluster.coordinator.runs_dir).expanduser().resolve() / job_id)
         rec = JobRecord(job_id, name or cfg.algorithm, "queued", dump_yaml(cfg), time.time(), run_dir=run_dir)

@@ -137,7 +137,7 @@ async def _prepare(ctx: FlowContext, ckpt: Checkpointer, run_dir: str, model_pat
 async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> None:
     cluster = manager.cluster
     cfg = parse_job_config(rec.config_yaml)
-    flow_cls = resolve(cfg.algorithm)
+    flow_cls = resolve(cfg.algorithm, cluster.coordinator.flow_dirs, cluster.coordinator.flow_modules)
     params = from_dict(flow_cls.Params, cfg.params, "params")
     model_path = str(ensure_model(cluster))
     tokenizer = load_light_tokenizer(model_path)

@@ -35,6 +35,12 @@ class Unavailable(AlignmeshError):
     code = "UNAVAILABLE"
 
 
+class PermissionDenied(AlignmeshError):
+    """A request asks for something the operator has not allowed; the message names the setting that allows it."""
+
+    code = "PERMISSION_DENIED"
+
+
 class ConfigError(AlignmeshError):
     """A config file is wrong; raised at load, before anything starts."""
 

@@ -9,6 +9,7 @@ from alignmesh.services.common.config import from_dict, read_yaml
 from alignmesh.services.common.errors import ConfigError
 
 ROLES = ("trainer", "critic", "rollout", "reward", "reference", "coordinator")
+EXAMPLE_FLOWS = Path(__file__).resolve().parents[2] / "examples" / "flows"  # the shipped example flows
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "tiny-llama-chars-v1"  # the embedded default (services/models/tiny.py)
 
@@ -133,6 +134,10 @@ class CoordinatorConfig:
     store_host: str = "127.0.0.1"
     rpc_timeout_s: float = 120.0
     sync_timeout_s: float = 60.0
+    # User flows a job may name (`algorithm: file.py:Class` / `package.module:Class`) load only from these
+    # directories / module prefixes: a job is data, the code it runs is the operator's choice.
+    flow_dirs: list[str] = field(default_factory=lambda: [str(EXAMPLE_FLOWS)])
+    flow_modules: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         _positive(where, "rpc_timeout_s", self.rpc_timeout_s)

@@ -3,9 +3,11 @@ from pathlib import Path
 import pytest
 
 from alignmesh.coordinator.jobs import validate
-from alignmesh.services.common.errors import ConfigError
+from alignmesh.services.common.errors import ConfigError, PermissionDenied
+from alignmesh.services.common.settings import ClusterConfig
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+CLUSTER = ClusterConfig()
 
 
 @pytest.mark.parametrize("text, message", [
@@ -17,23 +19,49 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
     ("warm_start:\n  learning_rate: 0\n", r"warm_start.learning_rate: must be > 0"),
     ("steps: -3\n", r"steps: must be >= 0"),
     ("sync:\n  backend: mpi\n", r"sync.backend: must be auto, gloo or nccl"),
-    ("algorithm: /nope/flow.py:MyFlow\n", r"algorithm: '/nope/flow.py:MyFlow' cannot be loaded"),
+    (f"algorithm: {EXAMPLES}/flows/nope.py:MyFlow\n", r"algorithm: '.*/flows/nope.py:MyFlow' cannot be loaded"),
 ])
 def test_invalid_job_configs_name_the_field(text, message):
     with pytest.raises(ConfigError, match=message):
-        validate(text)
+        validate(text, CLUSTER)
 
 
-def test_every_example_job_validates():
+def test_every_example_job_validates(monkeypatch):
+    monkeypatch.chdir(EXAMPLES.parent)  # relative paths in the examples are from the repository root
     jobs = [p for p in EXAMPLES.glob("*.yaml") if not p.name.startswith("cluster")]
     assert jobs
     for p in jobs:
-        validate(p.read_text())
+        validate(p.read_text(), CLUSTER)
 
 
-def test_user_flow_by_file_path(tmp_path):
-    flow = tmp_path / "my_flow.py"
-    flow.write_text("from dataclasses import dataclass\n@dataclass\nclass P:\n    k: int = 1\n"
-                    "class MyFlow:\n    Params = P\n    async def run(self, ctx):\n        pass\n")
-    cfg = validate(f"algorithm: {flow}:MyFlow\nparams:\n  k: 3\n")
-    assert cfg.params == {"k": 3}
+FLOW = ("from dataclasses import dataclass\nfrom pathlib import Path\n"
+        "Path(__file__).with_name('imported').write_text('ran')\n"
+        "@dataclass\nclass P:\n    k: int = 1\n"
+        "class MyFlow:\n    Params = P\n    async def run(self, ctx):\n        pass\n")
+
+
+def test_user_flow_by_file_path_from_an_allowed_directory(tmp_path):
+    (tmp_path / "my_flow.py").write_text(FLOW)
+    cluster = ClusterConfig()
+    cluster.coordinator.flow_dirs = [str(tmp_path)]
+    cfg = validate(f"algorithm: {tmp_path}/my_flow.py:MyFlow\nparams:\n  k: 3\n", cluster)
+    assert cfg.params == {"k": 3} and (tmp_path / "imported").read_text() == "ran"
+
+
+@pytest.mark.parametrize("where", ["outside", "dotdot", "symlink"])
+def test_a_job_cannot_run_code_from_outside_the_allowed_places(tmp_path, where):
+    """Refused before any import: the flow file's top level never runs, whatever path trick names it."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (outside / "evil.py").write_text(FLOW)
+    name = {"outside": f"{outside}/evil.py", "dotdot": f"{allowed}/../outside/evil.py",
+            "symlink": f"{allowed}/link.py"}[where]
+    (allowed / "link.py").symlink_to(outside / "evil.py")
+    cluster = ClusterConfig()
+    cluster.coordinator.flow_dirs = [str(allowed)]
+    with pytest.raises(PermissionDenied, match=r"outside the flow directories .*coordinator.flow_dirs"):
+        validate(f"algorithm: {name}:MyFlow\n", cluster)
+    with pytest.raises(PermissionDenied, match=r"module 'os' is not one this cluster allows .*flow_modules"):
+        validate("algorithm: os:system\n", cluster)
+    assert not (outside / "imported").exists()
