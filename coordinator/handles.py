@@ -62,7 +62,8 @@ def open_channel(address: str, security: SecurityConfig) -> grpc.aio.Channel:
 
 
 def endpoints(role: str, addresses: list[str], security: SecurityConfig, stub_cls) -> list[Endpoint]:
-    meta = (("authorization", f"Bearer {security.token}"),) if security.token else ()
+    token = security.bearer()
+    meta = (("authorization", f"Bearer {token}"),) if token else ()
     out = []
     for i, addr in enumerate(addresses):
         channel = open_channel(addr, security)

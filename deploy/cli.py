@@ -25,7 +25,7 @@ def missing_server_modules() -> list[str]:
 def _serve(args) -> int:
     from alignmesh.deploy.serve import run
 
-    run(args.role, load_cluster_config(args.config), args.port, args.metrics_port, args.host)
+    run(args.role, load_cluster_config(args.config), args.port, args.metrics_port, args.host, args.insecure)
     return 0
 
 
@@ -96,7 +96,9 @@ def add_server_verbs(sub) -> None:
     s.add_argument("--config", help="cluster YAML")
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--metrics-port", type=int, default=0)
-    s.add_argument("--host", default=None)
+    s.add_argument("--host", default=None, help="address to listen on (default: the config's host)")
+    s.add_argument("--insecure", action="store_true",
+                   help="listen beyond loopback without authentication (only on a network you trust)")
     s.set_defaults(fn=_serve, server=True)
     for name, fn, helptext in (("up", _up, "start a local cluster"), ("down", _down, "stop the local cluster"),
                                ("status", _status, "health of the local cluster")):

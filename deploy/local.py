@@ -130,6 +130,8 @@ class LocalCluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         resolved = self.state_dir / "cluster.resolved.yaml"
+        resolved.touch(mode=0o600)  # it may hold security.token: readable by its owner only
+        resolved.chmod(0o600)
         resolved.write_text(dump_yaml(self.cfg))
         return resolved
 

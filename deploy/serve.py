@@ -8,7 +8,7 @@ import logging
 from typing import Callable, Sequence
 
 from alignmesh.services.common import threads
-from alignmesh.services.common.server import ServeSpec, serve
+from alignmesh.services.common.server import ServeSpec, check_exposure, serve
 from alignmesh.services.common.registry import load_plugins
 from alignmesh.services.common.settings import ROLES, ClusterConfig
 
@@ -100,10 +100,12 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
     return register
 
 
-def run(role: str, cfg: ClusterConfig, port: int, metrics_port: int, host: str | None = None) -> None:
+def run(role: str, cfg: ClusterConfig, port: int, metrics_port: int, host: str | None = None,
+        insecure: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
+    spec = ServeSpec(role=role, host=host or cfg.host, port=port, metrics_port=metrics_port,
+                     security=cfg.security, insecure=insecure)
+    check_exposure(spec)  # before the slow part
     threads.apply(default_threads(cfg, role))
     register = build(role, cfg)
-    spec = ServeSpec(role=role, host=host or cfg.host, port=port, metrics_port=metrics_port,
-                     security=cfg.security)
     asyncio.run(serve(spec, register, on_stop=getattr(register, "close", None)))

@@ -15,7 +15,8 @@ SERVING = Gauge("alignmesh_serving", "1 while the service reports SERVING", ["ro
 WEIGHT_VERSION = Gauge("alignmesh_weight_version", "Weight version the role serves or trains", ["role"])
 
 
-def start_metrics_server(port: int, host: str = "0.0.0.0") -> int:
-    """Serve /metrics; ``port`` 0 picks a free port. Returns the bound port."""
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
+    """Serve /metrics on ``host`` (the service's own address: loopback unless it serves beyond); ``port`` 0 picks
+    a free port. Returns the bound port."""
     server, _thread = start_http_server(port, addr=host)
     return server.server_address[1]

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from alignmesh.services.common import metrics
 from alignmesh.services.common.interceptors import ErrorInterceptor, MetricsInterceptor, TokenAuthInterceptor
+from alignmesh.services.common.errors import ConfigError
 from alignmesh.services.common.settings import SecurityConfig
 
 log = logging.getLogger("alignmesh.server")
@@ -37,6 +38,19 @@ class ServeSpec:
     metrics_port: int
     security: SecurityConfig
     grace_s: float = 10.0
+    insecure: bool = False  # serve beyond loopback without authentication (an explicit choice)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(spec: ServeSpec) -> None:
+    """A service reachable beyond loopback authenticates its callers, or was told explicitly not to."""
+    if spec.host in LOOPBACK or spec.host.startswith("127.") or spec.insecure or spec.security.authenticates():
+        return
+    raise ConfigError(f"host: {spec.role} would listen on {spec.host}, beyond loopback, with no authentication; set "
+                      f"security.token_file (or security.token, or security.tls with a ca for client certificates), "
+                      f"or serve with --insecure on a network you trust")
 
 
 def _credentials(security: SecurityConfig) -> grpc.ServerCredentials | None:
@@ -63,8 +77,9 @@ def channel_credentials(security: SecurityConfig) -> grpc.ChannelCredentials | N
 
 def build_server(spec: ServeSpec) -> grpc.aio.Server:
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(spec.role)]
-    if spec.security.token:
-        interceptors.append(TokenAuthInterceptor(spec.security.token))
+    token = spec.security.bearer()
+    if token:
+        interceptors.append(TokenAuthInterceptor(token))
     interceptors.append(ErrorInterceptor())
     return grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
 
@@ -75,6 +90,7 @@ async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[
 
     On a signal: health reports NOT_SERVING, new calls are refused, in-flight calls get ``grace_s`` to finish.
     """
+    check_exposure(spec)
     server = build_server(spec)
     names = list(register(server))
     health = health_aio.HealthServicer()
@@ -87,7 +103,7 @@ async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[
         bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     except RuntimeError as exc:
         raise OSError(f"{spec.role}: cannot bind {address} (port already in use?)") from exc
-    mport = metrics.start_metrics_server(spec.metrics_port)
+    mport = metrics.start_metrics_server(spec.metrics_port, spec.host)
     await server.start()
     for name in ("", *names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)

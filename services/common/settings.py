@@ -28,10 +28,37 @@ class TLSConfig:
 
 @dataclass
 class SecurityConfig:
-    """Off by default on loopback. ``token`` turns on bearer auth on every service (health exempt)."""
+    """Off by default on loopback; a service bound beyond loopback refuses to start without one of these (unless
+    served with ``--insecure``). ``token`` / ``token_file`` turn on bearer auth on every service (health exempt);
+    ``tls`` with a ``ca`` makes every member present a client certificate."""
 
     token: str | None = None
+    token_file: str | None = None  # read when a service starts: the token stays out of dumped configs
     tls: TLSConfig | None = None
+
+    def validate(self, where: str) -> None:
+        if self.token is not None and self.token_file is not None:
+            raise ConfigError(f"{where}.token_file: set token or token_file, not both")
+        if self.token is not None and len(self.token) < 16:
+            raise ConfigError(f"{where}.token: at least 16 characters (e.g. python -c 'import secrets; "
+                              f"print(secrets.token_urlsafe(32))')")
+
+    def bearer(self) -> str | None:
+        """The bearer token, from ``token`` or the file ``token_file``."""
+        if self.token_file is None:
+            return self.token
+        path = Path(self.token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"security.token_file: cannot read {path}: {exc.strerror}") from None
+        if len(token) < 16:
+            raise ConfigError(f"security.token_file: {path} holds {len(token)} characters; a token needs >= 16")
+        return token
+
+    def authenticates(self) -> bool:
+        """Whether callers must prove who they are: a token, or TLS that requires client certificates."""
+        return bool(self.token or self.token_file) or (self.tls is not None and self.tls.ca is not None)
 
 
 @dataclass

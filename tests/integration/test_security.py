@@ -16,7 +16,7 @@ from alignmesh.services.common.settings import load_cluster_config
 from helpers import cluster_yaml
 
 pytestmark = pytest.mark.integration
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 JOB = ("algorithm: grpo\nsteps: 2\nparams: {prompts_per_step: 4, group_size: 2}\n"
        "eval: {every: 100000, size: 20}\nsampling: {max_new_tokens: 3}\n")
 
