@@ -17,6 +17,7 @@ from alignmesh.coordinator.runner import run_job
 from alignmesh.coordinator.store import FINAL, Event, JobRecord, JobStore
 from alignmesh.services.common.config import dump_yaml, from_dict
 from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from alignmesh.services.common.paths import path_policy
 from alignmesh.services.common.settings import ClusterConfig
 
 log = logging.getLogger("alignmesh.jobs")
@@ -26,7 +27,12 @@ def validate(text: str, cluster: ClusterConfig) -> JobConfig:
     """Parse and check a job config completely (flow params included) before anything is written."""
     cfg = parse_job_config(text)
     flow = resolve(cfg.algorithm, cluster.coordinator.flow_dirs, cluster.coordinator.flow_modules)
-    from_dict(flow.Params, cfg.params, "params")
+    params = from_dict(flow.Params, cfg.params, "params")
+    paths = path_policy(cluster)  # every file a job names lies where the operator allows
+    for field, value in (("init", cfg.init), ("dataset.train", cfg.dataset.train), ("dataset.test", cfg.dataset.test),
+                         ("dataset.path", cfg.dataset.path), ("params.pairs", getattr(params, "pairs", None))):
+        if value:
+            paths.check(field, value)
     return cfg
 
 

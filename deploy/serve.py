@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 from alignmesh.services.common import threads
 from alignmesh.services.common.server import ServeSpec, check_exposure, serve
+from alignmesh.services.common.paths import path_policy
 from alignmesh.services.common.registry import load_plugins
 from alignmesh.services.common.settings import ROLES, ClusterConfig
 
@@ -57,7 +58,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
         be = backend.TorchReferenceBackend(path, device=cfg.reference.device,
                                            micro_batch_size=cfg.reference.micro_batch_size)
-        svc = servicer.ReferenceServicer(be, _vocab(path))
+        svc = servicer.ReferenceServicer(be, _vocab(path), path_policy(cfg))
     elif role == "reward":
         from alignmesh.services.reward import servicer
         from alignmesh.services.reward.registry import Registry
@@ -84,7 +85,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         be = backend.create(t.backend, model_path=path, learning_rate=t.learning_rate, betas=t.betas,
                             weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, device=t.device,
                             **extra)
-        svc = servicer.TrainerServicer(be, _vocab(path))
+        svc = servicer.TrainerServicer(be, _vocab(path), path_policy(cfg))
     elif role == "critic":
         from alignmesh.services.trainer import backend, servicer
 
@@ -92,7 +93,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         load_plugins(cfg.trainer.plugins, "trainer.plugins")
         be = backend.create("critic", model_path=path, learning_rate=c.learning_rate, betas=c.betas,
                             grad_clip=c.grad_clip, seed=c.seed, device=c.device)
-        svc = servicer.TrainerServicer(be, _vocab(path))
+        svc = servicer.TrainerServicer(be, _vocab(path), path_policy(cfg))
     else:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     register = (lambda server: servicer.add_to_server(svc, server))

@@ -35,6 +35,9 @@ class SecurityConfig:
     token: str | None = None
     token_file: str | None = None  # read when a service starts: the token stays out of dumped configs
     tls: TLSConfig | None = None
+    # Directories that paths in requests and jobs (checkpoints, init models, datasets) may point into, besides
+    # the runs directory, the model directory and the cache directory.
+    path_roots: list[str] = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         if self.token is not None and self.token_file is not None:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 
 from alignmesh.protos.reference.v1 import reference_pb2, reference_pb2_grpc
+from alignmesh.services.common.paths import PathPolicy
+from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.reference import convert
 from alignmesh.services.reference.backend import ReferenceBackend
-from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.sync.servicer import WeightControlMixin
 
 
 class ReferenceServicer(WeightControlMixin, reference_pb2_grpc.ReferenceServiceServicer):
     role = "reference"
 
-    def __init__(self, backend: ReferenceBackend, vocab_size: int):
+    def __init__(self, backend: ReferenceBackend, vocab_size: int, paths: PathPolicy):
         self.backend = backend
         self.vocab_size = vocab_size
+        self.paths = paths  # where models may be loaded from
 
     async def ComputeLogProbs(self, request, context):
         ids, mask = convert.batch_from_proto(request, self.vocab_size)
@@ -24,6 +26,8 @@ class ReferenceServicer(WeightControlMixin, reference_pb2_grpc.ReferenceServiceS
         return convert.logprobs_to_proto(logprobs, version)
 
     async def LoadWeights(self, request, context):
+        if request.path:
+            self.paths.check("path", request.path)
         path, version = convert.load_request_from_proto(request)
         await asyncio.to_thread(run_pinned, self.backend.load_weights, path, version)
         return self._version()

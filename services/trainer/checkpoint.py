@@ -17,6 +17,8 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_model, save_model
 
+from alignmesh.services.common.errors import FailedPrecondition
+
 
 def _fsync_dir(path: Path) -> None:
     for f in path.rglob("*"):
@@ -35,6 +37,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to fill; on success it is fsynced and renamed to ``path`` (the
     previous checkpoint is replaced only then); on failure it is removed and ``path`` is untouched."""
     path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / "state.json").is_file())):
+        raise FailedPrecondition(f"path: {path} exists and is not a checkpoint (no state.json) nor empty; refusing to replace "
+                                 f"it: name a new directory or a previous checkpoint")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:

@@ -9,6 +9,7 @@ from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from alignmesh.services.common import metrics
 from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument
 from alignmesh.services.common.once import Once
+from alignmesh.services.common.paths import PathPolicy
 from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.sync.convert import group_spec_from_proto, manifest_to_proto
 from alignmesh.services.trainer import convert
@@ -18,9 +19,10 @@ DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, backend: TrainerBackend, vocab_size: int):
+    def __init__(self, backend: TrainerBackend, vocab_size: int, paths: PathPolicy):
         self.backend = backend
         self.vocab_size = vocab_size
+        self.paths = paths  # where checkpoints may be written and read
         self.once = Once()  # TrainStep and SaveCheckpoint run at most once per request id
 
     async def TrainStep(self, request, context):
@@ -36,17 +38,18 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def SaveCheckpoint(self, request, context):
         if not request.path:
             raise InvalidArgument("path", "must name the checkpoint directory")
+        path = str(self.paths.check("path", request.path))
 
         async def save():
-            info = await asyncio.to_thread(run_pinned, self.backend.save_checkpoint, request.path,
-                                           request.export_hf)
+            info = await asyncio.to_thread(run_pinned, self.backend.save_checkpoint, path, request.export_hf)
             return convert.checkpoint_to_proto(info)
         return await self.once.run(request.request_id, save)
 
     async def LoadCheckpoint(self, request, context):
         if not request.path:
             raise InvalidArgument("path", "must name the checkpoint directory")
-        info = await asyncio.to_thread(run_pinned, self.backend.load_checkpoint, request.path)
+        path = str(self.paths.check("path", request.path))
+        info = await asyncio.to_thread(run_pinned, self.backend.load_checkpoint, path)
         return convert.checkpoint_to_proto(info)
 
     async def GetState(self, request, context):

@@ -129,6 +129,32 @@ def test_invalid_job_config_writes_nothing(cluster):
         assert len(client.list()) == before
 
 
+def test_job_paths_and_code_outside_the_allowed_places_are_refused(cluster, tiny_model_dir, tmp_path):
+    """PERMISSION_DENIED naming the setting, nothing written, nothing imported; the trainer refuses a checkpoint
+    path outside its roots the same way."""
+    import shutil
+
+    from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+    outside = tmp_path / "outside-model"
+    shutil.copytree(tiny_model_dir, outside)
+    (tmp_path / "flow.py").write_text("from pathlib import Path\nPath(__file__).with_name('ran').touch()\n")
+    with Client(cluster.coordinator_address()) as client:
+        before = len(client.list())
+        for bad, setting in ((f"init: {outside}\n", "security.path_roots"),
+                             (f"algorithm: {tmp_path / 'flow.py'}:Flow\n", "coordinator.flow_dirs")):
+            with pytest.raises(grpc.RpcError) as err:
+                client.submit(bad)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and setting in err.value.details()
+        assert len(client.list()) == before and not (tmp_path / "ran").exists()
+    trainer = next(m for m in cluster.members if m.role == "trainer")
+    with grpc.insecure_channel(cluster.address(trainer)) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            trainer_pb2_grpc.TrainerServiceStub(ch).SaveCheckpoint(
+                trainer_pb2.SaveCheckpointRequest(path=str(tmp_path / "ckpt")), timeout=30)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and not (tmp_path / "ckpt").exists()
+
+
 def test_coordinator_sigkill_resumes_exactly(cluster):
     spec = job(16, checkpoint_every=4)
     with Client(cluster.coordinator_address()) as client:

@@ -10,6 +10,7 @@ import torch
 
 from alignmesh.coordinator.handles import TrainerHandle, endpoints
 from alignmesh.protos.trainer.v1 import trainer_pb2_grpc
+from alignmesh.services.common.paths import PathPolicy
 from alignmesh.services.common.registry import load_plugins
 from alignmesh.services.common.server import ServeSpec, build_server
 from alignmesh.services.common.settings import SecurityConfig
@@ -27,7 +28,7 @@ def test_a_step_retried_past_its_deadline_is_applied_once(tiny_model_dir, tmp_pa
 
     async def main():
         server = build_server(ServeSpec("trainer", "127.0.0.1", 0, 0, SecurityConfig()))
-        add_to_server(TrainerServicer(backend, 20), server)
+        add_to_server(TrainerServicer(backend, 20, PathPolicy([tmp_path])), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         # deadline 0.4 s against a 1.2 s step: the first attempts time out and are retried (backoff 0.1, 0.2, 0.4)

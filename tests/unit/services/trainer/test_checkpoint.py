@@ -41,3 +41,18 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tiny_model_dir, mo
         checkpoint.save(tmp_path / "ck", model, opt, {"step": 2, "weight_version": 2})
     assert {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temporary directory left behind
+
+
+def test_save_never_replaces_a_directory_that_is_not_a_checkpoint(tmp_path, tiny_model_dir):
+    from alignmesh.services.common.errors import FailedPrecondition
+    from alignmesh.services.trainer.torch_backend import TorchTrainerBackend
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    trainer = TorchTrainerBackend(str(tiny_model_dir), seed=0)
+    with pytest.raises(FailedPrecondition, match="is not a checkpoint"):
+        trainer.save_checkpoint(str(precious), export_hf=False)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    trainer.save_checkpoint(str(tmp_path / "ckpt"), export_hf=False)
+    trainer.save_checkpoint(str(tmp_path / "ckpt"), export_hf=False)  # a checkpoint may be replaced
