@@ -13,7 +13,7 @@ from alignmesh.services.common import metrics
 from alignmesh.services.common.errors import AlignmeshError
 
 log = logging.getLogger("alignmesh.rpc")
-EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)  # liveness probes carry no credentials; reflection does need them
 HANDLER_TRAILER = "alignmesh-handler-us"  # server time in the handler, microseconds (see coordinator.rpcstats)
 
 
@@ -126,7 +126,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>``; health and reflection stay open."""
+    """Requires ``authorization: Bearer <token>``; only health stays open (reflection would map the API)."""
 
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
@@ -137,13 +137,28 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         given = dict(details.invocation_metadata or ()).get("authorization", "")
         if isinstance(given, str):
             given = given.encode()
-        if hmac.compare_digest(given, self._expected):
-            return await continuation(details)
-        return _deny_handler()
+        handler = await continuation(details)
+        if handler is None or hmac.compare_digest(given, self._expected):
+            return handler
+        return _deny_handler(handler)
 
 
-def _deny_handler() -> grpc.RpcMethodHandler:
+DENIED = "missing or wrong bearer token (metadata 'authorization: Bearer <token>')"
+
+
+def _deny_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` (unary or streaming) that refuses with UNAUTHENTICATED."""
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> Awaitable[None]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token "
-                                                             "(metadata 'authorization: Bearer <token>')")
-    return grpc.unary_unary_rpc_method_handler(deny)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+        yield  # pragma: no cover  (abort raises)
+
+    kinds = {(False, False): (grpc.unary_unary_rpc_method_handler, deny),
+             (False, True): (grpc.unary_stream_rpc_method_handler, deny_stream),
+             (True, False): (grpc.stream_unary_rpc_method_handler, deny),
+             (True, True): (grpc.stream_stream_rpc_method_handler, deny_stream)}
+    make, fn = kinds[(handler.request_streaming, handler.response_streaming)]
+    return make(fn, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)

@@ -3,6 +3,8 @@ rejects bad input with INVALID_ARGUMENT and keeps serving, exports metrics, and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 import torch
@@ -112,7 +114,8 @@ def test_bad_input_is_invalid_argument_naming_the_field_and_service_keeps_servin
                                                                                      tmp_path):
     from alignmesh.services.models.tiny import create_model_dir
 
-    other_model = create_model_dir(tmp_path / "wider", seed=0, hidden=64)  # another architecture
+    runs = Path(cluster.cfg.coordinator.runs_dir)  # inside the directories the services may read
+    other_model = create_model_dir(runs / "wider", seed=0, hidden=64)  # another architecture
     ids = torch.tensor([[1, 4, 13]])
     bad = rollout_pb2.GenerateRequest(prompt_ids=encode(ids), prompt_lengths=encode(torch.tensor([3, 3])),
                                       sampling=rollout_pb2.SamplingParams(max_new_tokens=2))
@@ -134,7 +137,10 @@ def test_bad_input_is_invalid_argument_naming_the_field_and_service_keeps_servin
     with grpc.insecure_channel(addr(cluster, "reference")) as ch:
         stub = reference_pb2_grpc.ReferenceServiceStub(ch)
         for request, code, text in (
-                (reference_pb2.LoadWeightsRequest(path="/nowhere", version=1), "NOT_FOUND", "path: /nowhere"),
+                (reference_pb2.LoadWeightsRequest(path="/nowhere", version=1), "PERMISSION_DENIED",
+                 "path: /nowhere is outside the directories"),
+                (reference_pb2.LoadWeightsRequest(path=str(runs / "nowhere"), version=1), "NOT_FOUND",
+                 "nowhere is not a model directory"),
                 (reference_pb2.LoadWeightsRequest(path=str(tiny_model_dir), version=0), "INVALID_ARGUMENT",
                  "version: must be > 0"),
                 (reference_pb2.LoadWeightsRequest(path=str(other_model), version=1), "FAILED_PRECONDITION",

@@ -12,6 +12,7 @@ import time
 
 import grpc
 import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from alignmesh.deploy.local import free_port, health_ok
 from alignmesh.protos.reward.v1 import reward_pb2, reward_pb2_grpc
@@ -73,6 +74,10 @@ def test_insecure_flag_and_token_file(tmp_path, tiny_model_dir):
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             ok = stub.Score(req, timeout=10, metadata=(("authorization", "Bearer t0k3n-from-a-file-0123456789"),))
             assert ok.scores.shape == [1]  # scored: the token was accepted
+            reflect = ProtoReflectionDescriptorDatabase(ch)  # reflection maps the API: it needs the token too
+            with pytest.raises(grpc.RpcError) as err:
+                reflect.get_services()
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         stop(proc)
 
