@@ -14,7 +14,7 @@ from alignmesh.coordinator.config import JobConfig, parse_job_config
 from alignmesh.coordinator.flows.base import KNOBS, Control
 from alignmesh.coordinator.flows.registry import resolve
 from alignmesh.coordinator.runner import run_job
-from alignmesh.coordinator.store import FINAL, Event, JobRecord, JobStore
+from alignmesh.coordinator.store import FINAL, STATES, Event, JobRecord, JobStore
 from alignmesh.services.common.config import dump_yaml, from_dict
 from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from alignmesh.services.common.paths import path_policy
@@ -52,6 +52,15 @@ class JobManager:
                     self._controls[rec.id].running.clear()
                 self._queue.put_nowait(rec.id)
         self._worker = asyncio.create_task(self._work())
+        self._count_jobs()
+
+    def _count_jobs(self) -> None:
+        """The ``alignmesh_jobs{state}`` gauge, from the store (after every state change)."""
+        counts = dict.fromkeys(STATES, 0)
+        for rec in self.store.list():
+            counts[rec.state] = counts.get(rec.state, 0) + 1
+        for state, n in counts.items():
+            cmetrics.JOBS.labels(state).set(n)
 
     async def stop(self) -> None:
         if self._worker:
@@ -127,6 +136,8 @@ class JobManager:
         if kind == "step":
             cmetrics.observe_step(payload.get("stage", ""), payload["metrics"])
             self.store.update(job_id, step=payload["step"], metrics=payload["metrics"])
+        if kind == "state":
+            self._count_jobs()
         if kind == "eval" and "accuracy" in payload.get("metrics", {}):
             cmetrics.ACCURACY.set(payload["metrics"]["accuracy"])
         for q in self._watchers.get(job_id, []):

@@ -51,7 +51,9 @@ def test_grpo_with_a_deepspeed_zero2_trainer_of_two_processes_learns(tiny_model_
     pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed")
     trainer = {"backend": "deepspeed", "processes": 2, "zero_stage": 2, "dist_timeout_s": 120}
     job, steps, _ = run_grpo(tmp_path, tiny_model_dir, "grpo-deepspeed", rollout={"replicas": 2}, trainer=trainer)
-    assert all(e.metrics["ranks"] == 2 and e.metrics["version_lag"] == 0 for e in steps if "ranks" in e.metrics)
+    trained = [e for e in steps if e.metrics["informative_groups"] > 0]  # the others skip the trainer
+    assert len(trained) >= 0.9 * len(steps)
+    assert all(e.metrics["ranks"] == 2 and e.metrics["version_lag"] == 0 for e in trained)
     assert_learned(job, "deepspeed ZeRO-2 x2")
     state = json.loads((Path(job.run_dir) / "final" / "state.json").read_text())
     assert state["world_size"] == 2 and state["engine"] == "zero" and (Path(job.run_dir) / "final" / "ranks").is_dir()

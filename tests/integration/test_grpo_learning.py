@@ -47,7 +47,8 @@ def test_grpo_through_services_raises_held_out_accuracy(tiny_model_dir, tmp_path
     steps = [e for e in events if e.kind == "step" and e.stage == "main"]
     assert [e.step for e in steps] == list(range(1, 101))
     assert all(e.metrics["completion_tokens"] > 0 and e.metrics["version_lag"] == 0 for e in steps)
-    assert all(e.metrics["sync_bytes"] == 2_109_952 for e in steps if "sync_bytes" in e.metrics)
+    trained = [e for e in steps if e.metrics["informative_groups"] > 0]  # the others skip train and sync
+    assert len(trained) >= 90 and all(e.metrics["sync_bytes"] == 2_109_952 for e in trained)
     summary = json.loads((Path(job.run_dir) / "summary.json").read_text())
     gain = summary["accuracy_after"] - summary["accuracy_before"]
     print(f"held-out accuracy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f} "
@@ -57,6 +58,8 @@ def test_grpo_through_services_raises_held_out_accuracy(tiny_model_dir, tmp_path
     assert Path(summary["curve_png"]).stat().st_size > 1000
     assert metric_value(coordinator_metrics, "alignmesh_weight_sync_bytes_total") >= 100 * 2_109_952 * 0.5
     assert metric_value(coordinator_metrics, "alignmesh_step_phase_seconds_count", phase="generate") >= 100
+    assert metric_value(coordinator_metrics, "alignmesh_jobs", state="succeeded") == 1
+    assert metric_value(coordinator_metrics, "alignmesh_jobs", state="running") == 0
     # experience over RPC: every step moved rollouts, rewards and a train batch, and the transfer is accounted
     assert all(e.metrics["rpc_bytes_rollout"] > 0 and e.metrics["rpc_bytes_trainer"] > 0 for e in steps)
     assert all(0 < e.metrics["rpc_ms"] < e.metrics["time_step"] * 1000 for e in steps)

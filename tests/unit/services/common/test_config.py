@@ -90,3 +90,12 @@ def test_huge_configs_and_long_values_are_cut_short(tmp_path):
 def test_non_finite_numbers_are_refused_by_name(tmp_path, value):
     with pytest.raises(ConfigError, match="trainer.learning_rate: must be a finite number"):
         load_cluster_config(write(tmp_path, f"trainer:\n  learning_rate: {value}\n"))
+
+
+def test_a_cuda_trainer_with_a_cpu_reference_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"reference.device: cpu cannot join a weight-sync group with the trainer "
+                                          r"on cuda"):
+        load_cluster_config(write(tmp_path, "trainer:\n  device: cuda\nrollout:\n  device: cuda:1\n"))
+    cfg = load_cluster_config(write(tmp_path, "trainer:\n  device: cuda\nrollout:\n  device: cuda:1\n"
+                                              "reference:\n  device: cuda:2\n"))
+    assert cfg.reference.device == "cuda:2"
