@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from alignmesh.coordinator.data import answer_preferences, load_preferences_jsonl
+from alignmesh.coordinator.flows import checks
 from alignmesh.coordinator.flows.base import FlowContext
 from alignmesh.coordinator.flows.registry import FLOWS
 
@@ -21,6 +22,11 @@ class DPOParams:
     beta: float = 1.0
     variant: str = "sigmoid"
     label_smoothing: float = 0.0
+
+    def validate(self, where: str) -> None:
+        checks.positive(where, self, "batch_size", "learning_rate", "beta")
+        checks.one_of(where, self, "variant", ("sigmoid", "ipo"))
+        checks.within(where, self, "label_smoothing", 0.0, 0.49)
 
 
 @FLOWS.register("dpo")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignmesh.coordinator.flows import checks
 from alignmesh.coordinator.flows.base import FlowContext
 from alignmesh.coordinator.flows.registry import FLOWS
 
@@ -18,6 +19,12 @@ class OnlineDPOParams:
     beta: float = 1.0
     variant: str = "sigmoid"
     label_smoothing: float = 0.0
+
+    def validate(self, where: str) -> None:
+        checks.positive(where, self, "prompts_per_step", "learning_rate", "beta")
+        checks.at_least(where, self, 2, "samples_per_prompt")
+        checks.one_of(where, self, "variant", ("sigmoid", "ipo"))
+        checks.within(where, self, "label_smoothing", 0.0, 0.49)
 
 
 @FLOWS.register("online_dpo")

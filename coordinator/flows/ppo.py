@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignmesh.coordinator.algos.advantages import adaptive_kl_coef, gae, kl_penalized_rewards, whiten
-from alignmesh.coordinator.flows import sequences
+from alignmesh.coordinator.flows import checks, sequences
 from alignmesh.coordinator.flows.base import FlowContext
 from alignmesh.coordinator.flows.registry import FLOWS
 from alignmesh.services.common.errors import FailedPrecondition
@@ -27,6 +27,13 @@ class PPOParams:
     kl_target: float = 0.0  # > 0: adaptive KL controller towards this KL per sequence
     kl_horizon: float = 10000.0
     whiten_advantages: bool = True
+
+    def validate(self, where: str) -> None:
+        checks.positive(where, self, "prompts_per_step", "samples_per_prompt", "learning_rate",
+                        "critic_learning_rate", "epochs", "kl_horizon")
+        checks.at_least(where, self, 0, "clip_eps", "value_clip_eps", "kl_coef", "kl_target")
+        checks.within(where, self, "gamma", 0.0, 1.0)
+        checks.within(where, self, "lam", 0.0, 1.0)
 
 
 @FLOWS.register("ppo")

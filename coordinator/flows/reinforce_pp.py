@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignmesh.coordinator.algos.advantages import reinforce_pp_advantages
-from alignmesh.coordinator.flows import sequences
+from alignmesh.coordinator.flows import checks, sequences
 from alignmesh.coordinator.flows.base import FlowContext
 from alignmesh.coordinator.flows.registry import FLOWS
 
@@ -18,6 +18,10 @@ class ReinforcePPParams:
     learning_rate: float = 1e-4
     kl_coef: float = 0.01
     clip_eps: float = 0.2
+
+    def validate(self, where: str) -> None:
+        checks.positive(where, self, "prompts_per_step", "samples_per_prompt", "learning_rate")
+        checks.at_least(where, self, 0, "kl_coef", "clip_eps")
 
 
 @FLOWS.register("reinforce_pp")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from alignmesh.coordinator.data import Preference, answer_preferences, load_preferences_jsonl
+from alignmesh.coordinator.flows import checks
 from alignmesh.coordinator.flows.base import FlowContext
 from alignmesh.coordinator.flows.registry import FLOWS
 from alignmesh.services.common.errors import FailedPrecondition
@@ -23,6 +24,10 @@ class RewardModelParams:
     eval_pairs: int = 500
     # Synthetic pairs only: rejected answers are "random" wrong numbers or "near" misses (+-1, +-10).
     negatives: str = "random"
+
+    def validate(self, where: str) -> None:
+        checks.positive(where, self, "batch_size", "learning_rate", "eval_pairs")
+        checks.one_of(where, self, "negatives", ("random", "near"))
 
 
 @FLOWS.register("reward_model")

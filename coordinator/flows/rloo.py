@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignmesh.coordinator.algos.advantages import informative_groups, rloo_advantages
+from alignmesh.coordinator.flows import checks
 from alignmesh.coordinator.flows.base import FlowContext
 from alignmesh.coordinator.flows.registry import FLOWS
 
@@ -15,6 +16,11 @@ class RLOOParams:
     samples_per_prompt: int = 8
     learning_rate: float = 1e-4
     clip_eps: float = 0.2
+
+    def validate(self, where: str) -> None:
+        checks.positive(where, self, "prompts_per_step", "learning_rate")
+        checks.at_least(where, self, 2, "samples_per_prompt")  # the leave-one-out baseline needs another sample
+        checks.at_least(where, self, 0, "clip_eps")
 
 
 @FLOWS.register("rloo")

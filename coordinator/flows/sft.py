@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from alignmesh.coordinator.flows import checks
 from alignmesh.coordinator.flows.base import FlowContext
 from alignmesh.coordinator.flows.registry import FLOWS
 
@@ -15,6 +16,10 @@ class SFTParams:
     # Stop early once greedy accuracy on the dev split reaches this (checked every ``eval_every`` steps).
     target_dev_accuracy: float = 1.0
     eval_every: int = 10
+
+    def validate(self, where: str) -> None:
+        checks.positive(where, self, "batch_size", "learning_rate", "eval_every")
+        checks.within(where, self, "target_dev_accuracy", 0.0, 1.0)
 
 
 @FLOWS.register("sft")

@@ -20,6 +20,14 @@ CLUSTER = ClusterConfig()
     ("steps: -3\n", r"steps: must be >= 0"),
     ("sync:\n  backend: mpi\n", r"sync.backend: must be auto, gloo or nccl"),
     (f"algorithm: {EXAMPLES}/flows/nope.py:MyFlow\n", r"algorithm: '.*/flows/nope.py:MyFlow' cannot be loaded"),
+    # every flow checks its params at submit (sft eval_every 0 used to divide by zero mid-run)
+    ("algorithm: sft\nparams: {eval_every: 0}\n", r"params.eval_every: must be > 0, got 0"),
+    ("algorithm: rloo\nparams: {samples_per_prompt: 1}\n", r"params.samples_per_prompt: must be >= 2"),
+    ("algorithm: dpo\nparams: {variant: hinge}\n", r"params.variant: must be one of \['sigmoid', 'ipo'\]"),
+    ("algorithm: online_dpo\nparams: {beta: 0}\n", r"params.beta: must be > 0"),
+    ("algorithm: ppo\nparams: {gamma: 1.5}\n", r"params.gamma: must be in \[0.0, 1.0\]"),
+    ("algorithm: reinforce_pp\nparams: {learning_rate: .nan}\n", r"params.learning_rate: must be a finite"),
+    ("algorithm: reward_model\nparams: {negatives: far}\n", r"params.negatives: must be one of"),
 ])
 def test_invalid_job_configs_name_the_field(text, message):
     with pytest.raises(ConfigError, match=message):
