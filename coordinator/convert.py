@@ -13,8 +13,8 @@ from alignmesh.protos.reward.v1 import reward_pb2
 from alignmesh.protos.rollout.v1 import rollout_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2
 from alignmesh.services.common.convert import decode, encode
-from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.convert import group_spec_to_proto
+from alignmesh.services.sync.group import GroupSpec
 
 FINISH = {rollout_pb2.FINISH_REASON_STOP: "stop", rollout_pb2.FINISH_REASON_LENGTH: "length"}
 

@@ -21,6 +21,7 @@ from alignmesh.protos.reference.v1 import reference_pb2_grpc
 from alignmesh.protos.reward.v1 import reward_pb2_grpc
 from alignmesh.protos.rollout.v1 import rollout_pb2_grpc
 from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from alignmesh.services.common.errors import Aborted
 from alignmesh.services.common.server import GRPC_OPTIONS, channel_credentials
 from alignmesh.services.common.settings import SecurityConfig
 
@@ -141,7 +142,11 @@ class RolloutPool(Pool):
         async def one(k: int, lo: int, hi: int) -> convert.Rollouts:
             req = convert.generate_request(prompts[lo:hi], self.pad_id, n, seed * 7919 + k, temperature, top_p,
                                            max_new_tokens, greedy)
-            return convert.rollouts_from_proto(await self.call("Generate", req, first=k))
+            out = convert.rollouts_from_proto(await self.call("Generate", req, first=k))
+            if out.lengths.numel() != (hi - lo) * n or out.completion_ids.shape[0] != (hi - lo) * n:
+                raise Aborted(f"rollout: a replica answered {out.lengths.numel()} samples for {hi - lo} prompts x "
+                              f"{n}; its reply is dropped (no sample is trained on twice or lost silently)")
+            return out
 
         parts = await asyncio.gather(*(one(k, lo, hi) for k, (lo, hi) in enumerate(chunks)))
         return convert.concat_rollouts(list(parts), self.pad_id)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-
-import yaml
 from pathlib import Path
 
+import yaml
+
 from alignmesh.clients.client import Client
-from alignmesh.deploy.local import LocalCluster
 from alignmesh.clients.progress import print_events, total_steps
+from alignmesh.deploy.local import LocalCluster
 from alignmesh.services.common.settings import ClusterConfig, load_cluster_config
 
 DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "grpo_addition.yaml"

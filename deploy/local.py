@@ -16,13 +16,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from alignmesh.clients.local_state import read_state, state_file
+from alignmesh.deploy.serve import COMPUTE_ROLES, default_threads
 from alignmesh.services.common.config import dump_yaml
 from alignmesh.services.common.errors import ConfigError
 from alignmesh.services.common.server import channel_credentials
 from alignmesh.services.common.settings import ClusterConfig, SecurityConfig
 from alignmesh.services.models.tiny import ensure_model
-from alignmesh.clients.local_state import read_state, state_file
-from alignmesh.deploy.serve import COMPUTE_ROLES, default_threads
 
 START_ORDER = ("trainer", "critic", "rollout", "reference", "reward", "coordinator")
 

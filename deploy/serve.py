@@ -8,9 +8,9 @@ import logging
 from typing import Callable, Sequence
 
 from alignmesh.services.common import threads
-from alignmesh.services.common.server import ServeSpec, check_exposure, serve
 from alignmesh.services.common.paths import path_policy
 from alignmesh.services.common.registry import load_plugins
+from alignmesh.services.common.server import ServeSpec, check_exposure, serve
 from alignmesh.services.common.settings import ROLES, ClusterConfig
 
 COMPUTE_ROLES = ("trainer", "critic", "rollout", "reference")
@@ -36,6 +36,17 @@ def _vocab(path) -> int:
     return int(AutoConfig.from_pretrained(str(path)).vocab_size)
 
 
+def _context(path) -> int:
+    """The model's positions (prompts and sequences are checked against it); 0 when its config does not say."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(path))
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(cfg, key, None):
+            return int(getattr(cfg, key))
+    return 0
+
+
 def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
     """Load the backend (slow part) and return a function that registers its servicer on a server."""
     if role == "coordinator":
@@ -52,13 +63,13 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         r = cfg.rollout
         extra = dict(kv_cache_gb=r.kv_cache_gb) if r.backend == "vllm" else {}
         be = backend.create(r.backend, model_path=path, max_batch_size=r.max_batch_size, device=r.device, **extra)
-        svc = servicer.RolloutServicer(be, _vocab(path))
+        svc = servicer.RolloutServicer(be, _vocab(path), _context(path))
     elif role == "reference":
         from alignmesh.services.reference import backend, servicer
 
         be = backend.TorchReferenceBackend(path, device=cfg.reference.device,
                                            micro_batch_size=cfg.reference.micro_batch_size)
-        svc = servicer.ReferenceServicer(be, _vocab(path), path_policy(cfg))
+        svc = servicer.ReferenceServicer(be, _vocab(path), path_policy(cfg), _context(path))
     elif role == "reward":
         from alignmesh.services.reward import servicer
         from alignmesh.services.reward.registry import Registry
@@ -85,7 +96,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         be = backend.create(t.backend, model_path=path, learning_rate=t.learning_rate, betas=t.betas,
                             weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, device=t.device,
                             **extra)
-        svc = servicer.TrainerServicer(be, _vocab(path), path_policy(cfg))
+        svc = servicer.TrainerServicer(be, _vocab(path), path_policy(cfg), _context(path))
     elif role == "critic":
         from alignmesh.services.trainer import backend, servicer
 
@@ -93,7 +104,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         load_plugins(cfg.trainer.plugins, "trainer.plugins")
         be = backend.create("critic", model_path=path, learning_rate=c.learning_rate, betas=c.betas,
                             grad_clip=c.grad_clip, seed=c.seed, device=c.device)
-        svc = servicer.TrainerServicer(be, _vocab(path), path_policy(cfg))
+        svc = servicer.TrainerServicer(be, _vocab(path), path_policy(cfg), _context(path))
     else:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     register = (lambda server: servicer.add_to_server(svc, server))

@@ -64,3 +64,9 @@ def decode(msg: tensor_pb2.Tensor, field: str, dtype: torch.dtype | None = None,
         return torch.empty(shape, dtype=got)
     buf = torch.frombuffer(bytearray(msg.data), dtype=torch.uint8)
     return buf.view(got).reshape(shape)
+
+
+def check_width(ids: torch.Tensor, context: int, field: str = "input_ids") -> None:
+    """Sequences no longer than the model's context (``context`` 0: the model does not say)."""
+    if context and ids.dim() == 2 and ids.shape[1] > context:
+        raise InvalidArgument(field, f"sequences of {ids.shape[1]} tokens exceed the model's context of {context}")

@@ -15,8 +15,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from alignmesh.services.common import metrics
-from alignmesh.services.common.interceptors import ErrorInterceptor, MetricsInterceptor, TokenAuthInterceptor
 from alignmesh.services.common.errors import ConfigError
+from alignmesh.services.common.interceptors import ErrorInterceptor, MetricsInterceptor, TokenAuthInterceptor
 from alignmesh.services.common.settings import SecurityConfig
 
 log = logging.getLogger("alignmesh.server")

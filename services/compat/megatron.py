@@ -68,7 +68,6 @@ def apply_cpu_shims() -> None:
     if ORIGINALS or torch.cuda.is_available():
         return
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
-
     from megatron.core.tensor_parallel.random import CudaRNGStatesTracker
     from megatron.core.utils import GlobalMemoryBuffer
 

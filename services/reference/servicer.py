@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alignmesh.protos.reference.v1 import reference_pb2, reference_pb2_grpc
+from alignmesh.services.common.convert import check_width
 from alignmesh.services.common.paths import PathPolicy
 from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.reference import convert
@@ -15,13 +16,15 @@ from alignmesh.services.sync.servicer import WeightControlMixin
 class ReferenceServicer(WeightControlMixin, reference_pb2_grpc.ReferenceServiceServicer):
     role = "reference"
 
-    def __init__(self, backend: ReferenceBackend, vocab_size: int, paths: PathPolicy):
+    def __init__(self, backend: ReferenceBackend, vocab_size: int, paths: PathPolicy, context: int = 0):
         self.backend = backend
         self.vocab_size = vocab_size
+        self.context = context
         self.paths = paths  # where models may be loaded from
 
     async def ComputeLogProbs(self, request, context):
         ids, mask = convert.batch_from_proto(request, self.vocab_size)
+        check_width(ids, self.context)
         logprobs, version = await asyncio.to_thread(run_pinned, self.backend.logprobs, ids, mask)
         return convert.logprobs_to_proto(logprobs, version)
 

@@ -9,6 +9,7 @@ from alignmesh.services.common.errors import ConfigError, InvalidArgument
 from alignmesh.services.common.registry import load_callable
 from alignmesh.services.reward.rules import RULES, RuleFn
 
+
 @dataclass
 class Item:
     prompt: str

@@ -10,6 +10,8 @@ from alignmesh.services.common.errors import InvalidArgument
 from alignmesh.services.rollout.backend import STOP, Generation, SamplingParams
 
 _REASONS = {STOP: rollout_pb2.FINISH_REASON_STOP, "length": rollout_pb2.FINISH_REASON_LENGTH}
+MAX_N = 1024  # samples per prompt in one request
+MAX_SEQUENCES = 1 << 16  # prompts x n in one request
 
 
 def prompts_from_proto(req: rollout_pb2.GenerateRequest, vocab_size: int) -> list[list[int]]:
@@ -36,9 +38,28 @@ def sampling_from_proto(msg: rollout_pb2.SamplingParams) -> SamplingParams:
         raise InvalidArgument("sampling.top_p", f"must be in (0, 1], got {params.top_p}")
     if params.temperature < 0:
         raise InvalidArgument("sampling.temperature", f"must be >= 0, got {params.temperature}")
-    if params.n < 1:
-        raise InvalidArgument("sampling.n", f"must be >= 1, got {params.n}")
+    if not 1 <= params.n <= MAX_N:
+        raise InvalidArgument("sampling.n", f"must be in [1, {MAX_N}], got {params.n}")
     return params
+
+
+def check_budget(prompts: list[list[int]], params: SamplingParams, context: int) -> None:
+    """Every prompt plus ``max_new_tokens`` fits the model's context (never a silent truncation, never a run past
+    the position table), and the request's size is bounded. ``context`` 0: the model does not say."""
+    if len(prompts) * params.n > MAX_SEQUENCES:
+        raise InvalidArgument("prompt_ids", f"{len(prompts)} prompts x sampling.n {params.n} exceeds "
+                                            f"{MAX_SEQUENCES} sequences per request; split the request")
+    if not context:
+        return
+    if params.max_new_tokens >= context:
+        raise InvalidArgument("sampling.max_new_tokens", f"{params.max_new_tokens} leaves no room for a prompt in "
+                                                         f"the model's context of {context} tokens")
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    if len(prompts[longest]) + params.max_new_tokens > context:
+        raise InvalidArgument(f"prompt_ids[{longest}]", f"{len(prompts[longest])} prompt tokens + "
+                                                        f"sampling.max_new_tokens {params.max_new_tokens} exceed the "
+                                                        f"model's context of {context} tokens; shorten the prompt "
+                                                        f"or max_new_tokens")
 
 
 def generation_to_proto(gen: Generation) -> rollout_pb2.GenerateResponse:

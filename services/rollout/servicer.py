@@ -5,22 +5,24 @@ from __future__ import annotations
 import asyncio
 
 from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
+from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.rollout import convert
 from alignmesh.services.rollout.backend import RolloutBackend
-from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.sync.servicer import WeightControlMixin
 
 
 class RolloutServicer(WeightControlMixin, rollout_pb2_grpc.RolloutServiceServicer):
     role = "rollout"
 
-    def __init__(self, backend: RolloutBackend, vocab_size: int):
+    def __init__(self, backend: RolloutBackend, vocab_size: int, context: int = 0):
         self.backend = backend
         self.vocab_size = vocab_size
+        self.context = context  # the model's positions (max_position_embeddings); 0: unknown
 
     async def Generate(self, request, context):
         prompts = convert.prompts_from_proto(request, self.vocab_size)
         params = convert.sampling_from_proto(request.sampling)
+        convert.check_budget(prompts, params, self.context)
         gen = await asyncio.to_thread(run_pinned, self.backend.generate, prompts, params)
         return convert.generation_to_proto(gen)
 

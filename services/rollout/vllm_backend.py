@@ -19,10 +19,10 @@ import torch
 from alignmesh.services.common.errors import Aborted, FailedPrecondition, InvalidArgument
 from alignmesh.services.models.loading import load_tokenizer
 from alignmesh.services.rollout.backend import LENGTH, STOP, Generation, SamplingParams, register
+from alignmesh.services.rollout.vllm_worker import GROUP_LOST, spec_to_plain
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.receiver import Staged, check_manifest, staged_for
-from alignmesh.services.rollout.vllm_worker import GROUP_LOST, spec_to_plain
 
 log = logging.getLogger("alignmesh.rollout.vllm")
 EXTENSION = "alignmesh.services.rollout.vllm_worker.WeightSyncExtension"

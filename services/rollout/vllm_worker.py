@@ -17,7 +17,6 @@ from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec, SyncError, SyncGroup
 from alignmesh.services.sync.receiver import Staged, receive_verified
 
-
 GROUP_LOST = "sync group lost"  # marks a failed transfer (the group must be formed again) in an error's text
 
 

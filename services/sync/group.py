@@ -16,7 +16,6 @@ import torch.distributed as dist
 
 from alignmesh.services.common.errors import Aborted
 
-
 WATCHDOG_MARGIN = dt.timedelta(seconds=30)
 
 

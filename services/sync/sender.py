@@ -8,8 +8,8 @@ from typing import Iterable
 
 import torch
 
-from alignmesh.services.sync import buckets as bk
 from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument
+from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec, SyncGroup
 
 

@@ -21,8 +21,15 @@ import torch.distributed as dist
 from alignmesh.services.compat.megatron import apply_cpu_shims
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.trainer.backend import Experience, LossSpec
-from alignmesh.services.trainer.megatron_model import Shape, build_gpt, causal_mask, hf_from_shards, megatron_shard
-from alignmesh.services.trainer.megatron_model import replicated_param, sources
+from alignmesh.services.trainer.megatron_model import (
+    Shape,
+    build_gpt,
+    causal_mask,
+    hf_from_shards,
+    megatron_shard,
+    replicated_param,
+    sources,
+)
 from alignmesh.services.trainer.ranks import RankSettings
 from alignmesh.services.trainer.step import train_step
 

@@ -29,13 +29,19 @@ from safetensors.torch import save_file
 
 from alignmesh.services.common import threads as thread_budget
 from alignmesh.services.common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from alignmesh.services.common.registry import load_plugins
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.sender import PublishStats, SenderGroups, publish_buckets
 from alignmesh.services.trainer import checkpoint
-from alignmesh.services.common.registry import load_plugins
-from alignmesh.services.trainer.backend import (CheckpointInfo, Experience, LossSpec, TrainerStateInfo,
-                                                move_experience, register)
+from alignmesh.services.trainer.backend import (
+    CheckpointInfo,
+    Experience,
+    LossSpec,
+    TrainerStateInfo,
+    move_experience,
+    register,
+)
 from alignmesh.services.trainer.step import resolve_loss
 
 log = logging.getLogger("alignmesh.trainer.parallel")

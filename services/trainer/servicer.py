@@ -7,6 +7,7 @@ import asyncio
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from alignmesh.services.common import metrics
+from alignmesh.services.common.convert import check_width
 from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument
 from alignmesh.services.common.once import Once
 from alignmesh.services.common.paths import PathPolicy
@@ -19,14 +20,16 @@ DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, backend: TrainerBackend, vocab_size: int, paths: PathPolicy):
+    def __init__(self, backend: TrainerBackend, vocab_size: int, paths: PathPolicy, context: int = 0):
         self.backend = backend
         self.vocab_size = vocab_size
+        self.context = context
         self.paths = paths  # where checkpoints may be written and read
         self.once = Once()  # TrainStep and SaveCheckpoint run at most once per request id
 
     async def TrainStep(self, request, context):
         batch = convert.experience_from_proto(request, self.vocab_size)
+        check_width(batch.input_ids, self.context)
         loss = convert.loss_from_proto(request.loss)
         lr = convert.learning_rate_from_proto(request)
 

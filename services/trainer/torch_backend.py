@@ -15,8 +15,14 @@ from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.sender import PublishStats, SenderGroups, named_weights, publish
 from alignmesh.services.trainer import checkpoint
-from alignmesh.services.trainer.backend import (CheckpointInfo, Experience, LossSpec, TrainerStateInfo,
-                                                move_experience, register)
+from alignmesh.services.trainer.backend import (
+    CheckpointInfo,
+    Experience,
+    LossSpec,
+    TrainerStateInfo,
+    move_experience,
+    register,
+)
 from alignmesh.services.trainer.step import resolve_loss, train_step
 
 

@@ -160,15 +160,65 @@ def test_bad_input_is_invalid_argument_naming_the_field_and_service_keeps_servin
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_prompts_past_the_context_and_oversized_requests_are_refused_by_name(cluster):
+    """The embedded model has 64 positions: a 60-token prompt plus 8 new tokens would run past them (the HF
+    backend used to carry on silently); n and the request's size are capped."""
+    long = torch.full((1, 60), 5, dtype=torch.int64)
+    cases = ((long, 8, 1, "prompt_ids[0]: 60 prompt tokens + sampling.max_new_tokens 8 exceed the model's context "
+                          "of 64 tokens"),
+             (long[:, :4], 64, 1, "sampling.max_new_tokens: 64 leaves no room"),
+             (long[:, :4], 2, 5000, "sampling.n: must be in [1, 1024]"))
+    with grpc.insecure_channel(addr(cluster, "rollout")) as ch:
+        stub = rollout_pb2_grpc.RolloutServiceStub(ch)
+        for ids, new, n, text in cases:
+            req = rollout_pb2.GenerateRequest(prompt_ids=encode(ids),
+                                              prompt_lengths=encode(torch.tensor([ids.shape[1]])),
+                                              sampling=rollout_pb2.SamplingParams(max_new_tokens=new, n=n))
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(req, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in err.value.details()
+        fits = rollout_pb2.GenerateRequest(prompt_ids=encode(long), prompt_lengths=encode(torch.tensor([60])),
+                                           sampling=rollout_pb2.SamplingParams(max_new_tokens=4))
+        assert stub.Generate(fits, timeout=30).completion_ids.shape[0] == 1
+    with grpc.insecure_channel(addr(cluster, "reference")) as ch:
+        wide = torch.full((1, 65), 5, dtype=torch.int64)
+        with pytest.raises(grpc.RpcError) as err:
+            reference_pb2_grpc.ReferenceServiceStub(ch).ComputeLogProbs(
+                reference_pb2.LogProbsRequest(input_ids=encode(wide), attention_mask=encode(torch.ones_like(wide))),
+                timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "context of 64" in err.value.details()
+
+
 def test_metrics_count_rpcs_and_errors(cluster):
-    text = scrape(mport(cluster, "rollout"))
-    assert metric_value(text, "alignmesh_rpc_total", role="rollout", method="Generate", code="OK") >= 1
-    assert metric_value(text, "alignmesh_rpc_errors_total", role="rollout", method="Generate",
-                        code="INVALID_ARGUMENT") >= 1
-    assert metric_value(text, "alignmesh_rpc_latency_seconds_count", role="rollout", method="Generate") >= 2
-    assert metric_value(text, "alignmesh_serving", role="rollout") == 1
-    trainer = scrape(mport(cluster, "trainer"))
-    assert metric_value(trainer, "alignmesh_rpc_total", role="trainer", method="TrainStep", code="OK") >= 1
+    """Counters move by exactly the calls this test makes (whatever ran before it)."""
+    ids = torch.tensor([[1, 4, 13]])
+    good = rollout_pb2.GenerateRequest(prompt_ids=encode(ids), prompt_lengths=encode(torch.tensor([3])),
+                                       sampling=rollout_pb2.SamplingParams(max_new_tokens=2))
+    bad = rollout_pb2.GenerateRequest(prompt_ids=encode(ids), prompt_lengths=encode(torch.tensor([9])),
+                                      sampling=rollout_pb2.SamplingParams(max_new_tokens=2))
+    counts = [("alignmesh_rpc_total", dict(code="OK")), ("alignmesh_rpc_errors_total", dict(code="INVALID_ARGUMENT")),
+              ("alignmesh_rpc_latency_seconds_count", {})]
+
+    def rollout_counts():
+        text = scrape(mport(cluster, "rollout"))
+        return [metric_value(text, name, role="rollout", method="Generate", **labels) for name, labels in counts]
+
+    def trainer_state_ok():
+        return metric_value(scrape(mport(cluster, "trainer")), "alignmesh_rpc_total", role="trainer",
+                            method="GetState", code="OK")
+
+    before, state_before = rollout_counts(), trainer_state_ok()
+    with grpc.insecure_channel(addr(cluster, "rollout")) as ch:
+        stub = rollout_pb2_grpc.RolloutServiceStub(ch)
+        stub.Generate(good, timeout=30)
+        with pytest.raises(grpc.RpcError):
+            stub.Generate(bad, timeout=10)
+    with grpc.insecure_channel(addr(cluster, "trainer")) as ch:
+        trainer_pb2_grpc.TrainerServiceStub(ch).GetState(trainer_pb2.GetStateRequest(), timeout=10)
+    after = rollout_counts()
+    assert [a - b for a, b in zip(after, before)] == [1, 1, 2]
+    assert trainer_state_ok() - state_before == 1
+    assert metric_value(scrape(mport(cluster, "rollout")), "alignmesh_serving", role="rollout") == 1
 
 
 def test_sigterm_stops_every_process_gracefully(cluster):
@@ -176,3 +226,4 @@ def test_sigterm_stops_every_process_gracefully(cluster):
     cluster.stop()
     assert all(p.poll() is not None for p in procs)
     assert [p.returncode for p in procs] == [0] * len(procs)
+
