@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from alignmesh.services.common.errors import PermissionDenied
+from alignmesh.services.common.errors import InvalidArgument, PermissionDenied
 from alignmesh.services.common.settings import DEFAULT_MODEL, ClusterConfig
 
 
@@ -17,7 +17,12 @@ class PathPolicy:
 
     def check(self, field: str, path: str | Path) -> Path:
         """The resolved path, if it lies under a root; else PermissionDenied naming ``field``."""
-        resolved = Path(path).expanduser().resolve()
+        if not str(path) or "\x00" in str(path):
+            raise InvalidArgument(field, "must be a path (non-empty, no NUL bytes)")
+        try:
+            resolved = Path(path).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # a loop of symlinks, a ~user that does not exist
+            raise InvalidArgument(field, f"{path!r} cannot be resolved: {exc}") from None
         if any(resolved == root or resolved.is_relative_to(root) for root in self.roots):
             return resolved
         raise PermissionDenied(f"{field}: {path} is outside the directories this cluster may read and write "
