@@ -14,7 +14,7 @@ from alignmesh.coordinator.config import JobConfig, parse_job_config
 from alignmesh.coordinator.flows.base import KNOBS, Control
 from alignmesh.coordinator.flows.registry import resolve
 from alignmesh.coordinator.runner import run_job
-from alignmesh.coordinator.store import FINAL, STATES, Event, JobRecord, JobStore
+from alignmesh.coordinator.store import FINAL, STATES, Event, JobRecord, JobStore, StoreFault
 from alignmesh.services.common.config import dump_yaml, from_dict
 from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from alignmesh.services.common.paths import path_policy
@@ -175,22 +175,52 @@ class JobManager:
     async def _work(self) -> None:
         while True:
             job_id = await self._queue.get()
-            rec = self.get(job_id)
-            if rec.state in FINAL:
-                continue
-            control = self._controls[job_id]
-            state = "running" if control.running.is_set() else "paused"
-            self.store.update(job_id, state=state, started_at=rec.started_at or time.time())
-            self.emit(job_id, "state", {"state": state})
             try:
-                await run_job(self, self.get(job_id), control)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the job fails, the coordinator keeps serving
-                if control.cancel.is_set():
-                    self._finish(job_id, "cancelled", "")
-                else:
-                    log.exception("job %s failed", job_id)
-                    self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
+                await self._run_one(job_id)
+            except StoreFault as exc:
+                await self._outlast(job_id, exc)
+
+    async def _run_one(self, job_id: str) -> None:
+        rec = self.get(job_id)
+        if rec.state in FINAL:
+            return
+        control = self._controls[job_id]
+        state = "running" if control.running.is_set() else "paused"
+        self.store.update(job_id, state=state, started_at=rec.started_at or time.time())
+        self.emit(job_id, "state", {"state": state})
+        try:
+            await run_job(self, self.get(job_id), control)
+        except (asyncio.CancelledError, StoreFault):
+            raise
+        except Exception as exc:  # the job fails, the coordinator keeps serving
+            if control.cancel.is_set():
+                self._finish(job_id, "cancelled", "")
             else:
-                self._finish(job_id, "cancelled" if control.cancel.is_set() else "succeeded", "")
+                log.exception("job %s failed", job_id)
+                self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        else:
+            self._finish(job_id, "cancelled" if control.cancel.is_set() else "succeeded", "")
+
+    async def _outlast(self, job_id: str, exc: StoreFault) -> None:
+        """The job database failed under a job (disk full, a lock held elsewhere): NOT_SERVING, with the error in
+        the log, until a probe write succeeds (backoff to 5 s); then the job is queued again and resumes from its
+        last checkpoint, exactly as after a coordinator restart. Nothing is lost; the queue keeps its order."""
+        log.error("%s; NOT_SERVING until it can be written; job %s will resume from its last checkpoint", exc, job_id)
+        self.report_health(False)
+        delay = 0.2
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                self.store.probe()
+                self.store.update(job_id, state="queued")
+                self.emit(job_id, "log", {"message": f"requeued after a job-database fault ({exc}); resuming from "
+                                                     f"the last checkpoint"})
+                break
+            except StoreFault:
+                delay = min(5.0, delay * 2)
+        log.info("job database writable again; SERVING; job %s requeued", job_id)
+        self.report_health(True)
+        self._queue.put_nowait(job_id)
+
+    def report_health(self, serving: bool) -> None:
+        """Replaced by the server with a function that sets the health status (see ``servicer.build_coordinator``)."""

@@ -62,4 +62,5 @@ def build_coordinator(cluster: ClusterConfig):
         asyncio.get_event_loop().call_soon(manager.start)
         return [coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name]
 
+    register.on_health = (lambda report: setattr(manager, "report_health", report))  # NOT_SERVING on a db fault
     return register

@@ -7,7 +7,10 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import wraps
 from pathlib import Path
+
+from alignmesh.services.common.errors import Unavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -48,23 +51,44 @@ class Event:
     payload: dict
 
 
+class StoreFault(Unavailable):
+    """The job database refuses a read or write (disk full, a lock held elsewhere, I/O error). Nothing was
+    written; the caller may retry once the fault clears."""
+
+
+def _guarded(method):
+    @wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreFault(f"coordinator: its job database {self.path} fails ({exc}); retry once it is "
+                             f"writable again") from exc
+    return run
+
+
 class JobStore:
-    def __init__(self, path: str | Path):
+    """Every method raises StoreFault (UNAVAILABLE) when SQLite fails; a lock held elsewhere is waited for at most
+    ``busy_s`` per call, so a stuck database never blocks the coordinator's event loop for long."""
+
+    def __init__(self, path: str | Path, busy_s: float = 1.0):
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=busy_s)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
+    @_guarded
     def create(self, rec: JobRecord) -> None:
         with self._lock:
             self._db.execute("INSERT INTO jobs (id, name, state, config_yaml, created_at, run_dir) VALUES "
                              "(?, ?, ?, ?, ?, ?)", (rec.id, rec.name, rec.state, rec.config_yaml, rec.created_at,
                                                     rec.run_dir))
 
+    @_guarded
     def update(self, job_id: str, **fields) -> None:
         if "metrics" in fields:
             fields["metrics"] = json.dumps(fields["metrics"])
@@ -72,18 +96,21 @@ class JobStore:
         with self._lock:
             self._db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
 
+    @_guarded
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute("SELECT id, name, state, config_yaml, created_at, started_at, finished_at, "
                                    "error, step, metrics, run_dir FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _record(row) if row else None
 
+    @_guarded
     def list(self) -> list[JobRecord]:
         with self._lock:
             rows = self._db.execute("SELECT id, name, state, config_yaml, created_at, started_at, finished_at, "
                                     "error, step, metrics, run_dir FROM jobs ORDER BY created_at").fetchall()
         return [_record(r) for r in rows]
 
+    @_guarded
     def append_event(self, job_id: str, kind: str, payload: dict) -> Event:
         now = time.time()
         with self._lock:
@@ -93,11 +120,21 @@ class JobStore:
                                                                           json.dumps(payload)))
         return Event(job_id, seq, now, kind, payload)
 
+    @_guarded
     def events(self, job_id: str, after_seq: int = 0) -> list[Event]:
         with self._lock:
             rows = self._db.execute("SELECT job_id, seq, time, kind, payload FROM events WHERE job_id = ? AND "
                                     "seq > ? ORDER BY seq", (job_id, after_seq)).fetchall()
         return [Event(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    @_guarded
+    def probe(self) -> None:
+        """A write that changes nothing: raises StoreFault while the database cannot be written."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("CREATE TABLE IF NOT EXISTS probe (x INTEGER)")
+            self._db.execute("INSERT INTO probe VALUES (1)")
+            self._db.execute("ROLLBACK")
 
     def close(self) -> None:
         self._db.close()

@@ -84,6 +84,16 @@ def build_server(spec: ServeSpec) -> grpc.aio.Server:
     return grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
 
 
+def _health_reporter(role: str, health, names: Sequence[str]) -> Callable[[bool], None]:
+    """``report(serving)``: every service name of this server SERVING or NOT_SERVING (call on the event loop)."""
+    def report(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *names):
+            asyncio.ensure_future(health.set(name, status))
+        metrics.SERVING.labels(role).set(1 if serving else 0)
+    return report
+
+
 async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[str]],
                 on_stop: Callable[[], None] | None = None) -> None:
     """Register servicers (``register`` returns their full service names), serve until SIGTERM/SIGINT.
@@ -108,6 +118,9 @@ async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[
     for name in ("", *names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics.SERVING.labels(spec.role).set(1)
+    hook = getattr(register, "on_health", None)
+    if hook is not None:  # a role that can lose a dependency (the coordinator's database) reports it
+        hook(_health_reporter(spec.role, health, names))
     log.info("%s serving on %s:%d, metrics on :%d", spec.role, spec.host, bound, mport)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
