@@ -4,8 +4,9 @@ TensorBoard event files (``tensorboard/``: every numeric metric as a scalar ``<s
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from alignmesh.services.common import durable
 
 
 class RunDir:
@@ -32,9 +33,7 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> Path:
         path = self.path / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, path)
+        durable.write_text(path, json.dumps(summary, indent=2))
         return path
 
     def close(self) -> None:

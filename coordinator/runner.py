@@ -4,7 +4,6 @@ optional warm start, the flow, periodic resumable checkpoints, the artifacts."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from alignmesh.coordinator.handles import make_pools
 from alignmesh.coordinator.weights import WeightSync
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2
+from alignmesh.services.common import durable
 from alignmesh.services.common.config import from_dict
 from alignmesh.services.models.light_tokenizer import load_light_tokenizer
 from alignmesh.services.models.tiny import ensure_model
@@ -92,9 +92,7 @@ class Checkpointer:
         await ctx.trainer.save_checkpoint(str(path))
         state = {"step": step, "path": str(path), "cursor": ctx.sampler.cursor, "version": ctx.version,
                  "knobs": ctx.control.knobs, "accuracy_before": self.accuracy_before}
-        tmp = self.dir / "latest.json.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.dir / "latest.json")
+        durable.write_text(self.dir / "latest.json", json.dumps(state))  # fsynced, renamed, directory fsynced
         for old in sorted(self.dir.glob("step-*"))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         ctx.emit("checkpoint", {"stage": ctx.stage, "step": step, "message": f"checkpoint {path}"})

@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_model, save_model
 
+from alignmesh.services.common import durable
 from alignmesh.services.common.errors import FailedPrecondition
 
 
@@ -45,13 +46,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_dir(tmp)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        durable.replace_dir(tmp, path)  # atomic exchange with a previous checkpoint, parent fsynced
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
