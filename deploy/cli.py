@@ -40,10 +40,14 @@ def _up(args) -> int:
     if args.detach:
         print("stop it with: alignmesh down")
         return 0
+    from alignmesh.deploy.supervise import CrashLoop, Supervisor
+
+    supervisor = Supervisor(cluster, max_restarts=args.max_restarts, backoff_s=args.restart_backoff,
+                            say=lambda line: print(line, flush=True))
     try:
-        while all(p.poll() is None for p in cluster._procs):
-            time.sleep(0.5)
-        print("a service exited; stopping the cluster", file=sys.stderr)
+        supervisor.run()
+    except CrashLoop as exc:
+        print(f"alignmesh: error: {exc}; stopping the cluster", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -105,7 +109,12 @@ def add_server_verbs(sub) -> None:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("config", nargs="?", help="cluster YAML (default: built-in defaults)")
         if name == "up":
-            s.add_argument("--detach", action="store_true", help="return once healthy; stop with `alignmesh down`")
+            s.add_argument("--detach", action="store_true", help="return once healthy; stop with `alignmesh down` "
+                                                                 "(no supervision then)")
+            s.add_argument("--max-restarts", type=int, default=5,
+                           help="restarts of one member within 5 minutes before giving up (a crash loop)")
+            s.add_argument("--restart-backoff", type=float, default=1.0,
+                           help="seconds before the first restart of a member; doubles each time, at most 30")
         s.set_defaults(fn=fn, server=name != "down")
     s = sub.add_parser("demo", help="GRPO on the embedded task through a local cluster, with a before/after table")
     s.add_argument("--config", default=None, help="cluster YAML (default: 2 rollout replicas)")
