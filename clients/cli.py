@@ -21,6 +21,7 @@ def _client(args):
 
     # --coordinator, else the local cluster started by `alignmesh up`, else the conventional port
     address = args.coordinator or local_coordinator(ClusterConfig().state_dir) or DEFAULT_COORDINATOR
+    args.address = address  # for error messages
 
     def read(path):
         return Path(path).read_bytes() if path else None
@@ -122,6 +123,7 @@ def add_job_verbs(sub) -> None:
         s.add_argument("--tls-ca", default=None, help="CA certificate: talk TLS to the coordinator")
         s.add_argument("--tls-cert", default=None, help="client certificate (when the cluster requires one)")
         s.add_argument("--tls-key", default=None, help="client private key (with --tls-cert)")
+        s.add_argument("--debug", action="store_true", help="show the traceback of a failure")
         if name == "submit":
             s.add_argument("job_config", help="job YAML file")
             s.add_argument("--name", default="")
@@ -142,11 +144,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Exit codes: 0 done, 1 the job failed, 2 usage (argparse) or a local error, 3 a config the coordinator refused,
+# 4 nothing answers at the address, 5 refused (authentication or permission), 6 no such job.
+EXIT_BAD_CONFIG, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_NOT_FOUND = 3, 4, 5, 6
+
+
+def _rpc_error(args, exc) -> tuple[str, int]:
+    """One line and an exit code for a gRPC failure (the status and its details, never a traceback)."""
+    import grpc
+
+    code, details = exc.code(), (exc.details() or "").strip().splitlines()
+    details = details[0] if details else ""
+    address = getattr(args, "address", "the coordinator")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and "job database" not in details:
+        return (f"nothing answers at {address} ({code.name.lower()}); start a local cluster with `alignmesh up`, or "
+                f"point at one with --coordinator HOST:PORT", EXIT_UNREACHABLE)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return f"{address} refused the call: {details} (credentials: --token, --tls-ca/--tls-cert/--tls-key)", \
+            EXIT_REFUSED
+    if code == grpc.StatusCode.NOT_FOUND:
+        return details, EXIT_NOT_FOUND
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return details, EXIT_BAD_CONFIG
+    return f"{code.name}: {details}", 2
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run a parsed verb; known failures become one line on stderr and exit code 2."""
+    """Run a parsed verb; known failures become one line on stderr and an exit code (above); --debug: traceback."""
+    import grpc
+
     try:
         return args.fn(args)
+    except grpc.RpcError as exc:
+        if getattr(args, "debug", False):
+            raise
+        line, code = _rpc_error(args, exc)
+        print(f"alignmesh: error: {line}", file=sys.stderr)
+        return code
     except (ConfigError, AlignmeshError, OSError, RuntimeError, TimeoutError) as exc:
+        if getattr(args, "debug", False):
+            raise
         print(f"alignmesh: error: {exc}", file=sys.stderr)
         return 2
 

@@ -111,8 +111,16 @@ class Client:
     def get(self, job_id: str) -> Job:
         return _job(self._read("GetJob", coordinator_pb2.GetJobRequest(job_id=job_id)))
 
-    def list(self) -> list[Job]:
-        return [_job(j) for j in self._read("ListJobs", coordinator_pb2.ListJobsRequest()).jobs]
+    def list(self, state: str = "", page_size: int = 500) -> list[Job]:
+        """Every job (optionally only those in ``state``), oldest first, fetched a page at a time."""
+        jobs, token = [], ""
+        while True:
+            reply = self._read("ListJobs", coordinator_pb2.ListJobsRequest(page_size=page_size, page_token=token,
+                                                                           state=state))
+            jobs += [_job(j) for j in reply.jobs]
+            token = reply.next_page_token
+            if not token:
+                return jobs
 
     def cancel(self, job_id: str) -> Job:
         return _job(self._stub.CancelJob(coordinator_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout_s,

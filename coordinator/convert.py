@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from dataclasses import dataclass
 
@@ -145,3 +147,30 @@ def event_to_proto(ev) -> coordinator_pb2.JobEvent:
                                     step=int(p.get("step", 0)),
                                     metrics={k: float(v) for k, v in p.get("metrics", {}).items()},
                                     message=p.get("message", ""))
+
+
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+
+
+def list_request_from_proto(req: coordinator_pb2.ListJobsRequest) -> tuple[int, tuple[float, str] | None, str]:
+    """(page size, the (created_at, id) to list after, state filter); errors name the field."""
+    from alignmesh.services.common.errors import InvalidArgument
+
+    if req.page_size < 0:
+        raise InvalidArgument("page_size", f"must be >= 0 (0: {DEFAULT_PAGE}), got {req.page_size}")
+    size = min(req.page_size or DEFAULT_PAGE, MAX_PAGE)
+    if req.state and req.state not in _STATES:
+        raise InvalidArgument("state", f"must be one of {sorted(_STATES)} or empty, got {req.state[:40]!r}")
+    after = None
+    if req.page_token:
+        try:
+            created, _, job_id = base64.urlsafe_b64decode(req.page_token.encode()).decode().partition("|")
+            after = (float(created), job_id)
+        except (ValueError, UnicodeError, binascii.Error):
+            raise InvalidArgument("page_token", "is not a token from a previous ListJobs reply") from None
+    return size, after, req.state
+
+
+def page_token(rec) -> str:
+    """The opaque token of the page after ``rec``."""
+    return base64.urlsafe_b64encode(f"{rec.created_at!r}|{rec.id}".encode()).decode()

@@ -56,9 +56,7 @@ class JobManager:
 
     def _count_jobs(self) -> None:
         """The ``alignmesh_jobs{state}`` gauge, from the store (after every state change)."""
-        counts = dict.fromkeys(STATES, 0)
-        for rec in self.store.list():
-            counts[rec.state] = counts.get(rec.state, 0) + 1
+        counts = {**dict.fromkeys(STATES, 0), **self.store.counts()}
         for state, n in counts.items():
             cmetrics.JOBS.labels(state).set(n)
 

@@ -29,7 +29,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return convert.job_to_proto(self.manager.get(request.job_id))
 
     async def ListJobs(self, request, context):
-        return coordinator_pb2.ListJobsResponse(jobs=[convert.job_to_proto(r) for r in self.manager.store.list()])
+        size, after, state = convert.list_request_from_proto(request)
+        page = self.manager.store.page(size + 1, after, state)  # one more: is there a next page?
+        token = convert.page_token(page[size - 1]) if len(page) > size else ""
+        return coordinator_pb2.ListJobsResponse(jobs=[convert.job_to_proto(r) for r in page[:size]],
+                                                next_page_token=token)
 
     async def WatchJob(self, request, context):
         async for ev in self.manager.watch(request.job_id, request.after_seq, request.replay_only):

@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS events (
   job_id TEXT NOT NULL, seq INTEGER NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL, payload TEXT NOT NULL,
   PRIMARY KEY (job_id, seq));
+CREATE INDEX IF NOT EXISTS jobs_by_creation ON jobs (created_at, id);
 """
 
 STATES = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
@@ -109,6 +110,31 @@ class JobStore:
             rows = self._db.execute("SELECT id, name, state, config_yaml, created_at, started_at, finished_at, "
                                     "error, step, metrics, run_dir FROM jobs ORDER BY created_at").fetchall()
         return [_record(r) for r in rows]
+
+    @_guarded
+    def page(self, limit: int, after: tuple[float, str] | None = None, state: str = "") -> list[JobRecord]:
+        """Up to ``limit`` jobs after ``after`` = (created_at, id), oldest first (keyset paging: a page costs the
+        same however many jobs precede it), optionally only those in ``state``."""
+        where, args = [], []
+        if after is not None:
+            where.append("(created_at, id) > (?, ?)")
+            args += list(after)
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        sql = ("SELECT id, name, state, config_yaml, created_at, started_at, finished_at, error, step, metrics, "
+               "run_dir FROM jobs" + (" WHERE " + " AND ".join(where) if where else "") +
+               " ORDER BY created_at, id LIMIT ?")
+        with self._lock:
+            rows = self._db.execute(sql, (*args, limit)).fetchall()
+        return [_record(r) for r in rows]
+
+    @_guarded
+    def counts(self) -> dict[str, int]:
+        """Jobs by state."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {state: n for state, n in rows}
 
     @_guarded
     def append_event(self, job_id: str, kind: str, payload: dict) -> Event:

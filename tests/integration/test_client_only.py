@@ -65,8 +65,16 @@ def test_base_install_has_no_torch_and_drives_a_job(client_venv, tiny_model_dir,
         job_id = submitted.stdout.strip().splitlines()[-1]
         watched = sh(cli, "watch", job_id, "--coordinator", address, env=env)
         listed = sh(cli, "jobs", "--coordinator", address, env=env)
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("steps: -3\n")
+        refused = sh(cli, "submit", bad, "--coordinator", address, env=env, check=False)
+        missing = sh(cli, "watch", "nosuchjob", "--coordinator", address, env=env, check=False)
     assert f"{job_id} succeeded at step 3" in watched.stdout, watched.stdout
     assert job_id in listed.stdout and "succeeded" in listed.stdout
+    # the coordinator's refusals are one line and an exit code: 3 a bad config, 6 no such job
+    assert refused.returncode == 3 and refused.stderr.strip().splitlines() == [
+        "alignmesh: error: config_yaml: steps: must be >= 0, got -3"]
+    assert missing.returncode == 6 and "Traceback" not in missing.stderr and "nosuchjob" in missing.stderr
 
     up = sh(cli, "up", env=env, check=False)
     assert up.returncode == 2

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1alignmesh/protos/coordinator/v1/coordinator.proto\x12\x18\x61lignmesh.coordinator.v1\"5\n\x10SubmitJobRequest\x12\x13\n\x0b\x63onfig_yaml\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xbf\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x05state\x18\x03 \x01(\x0e\x32\".alignmesh.coordinator.v1.JobState\x12\x13\n\x0b\x63onfig_yaml\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x0c\n\x04step\x18\t \x01(\x03\x12;\n\x07metrics\x18\n \x03(\x0b\x32*.alignmesh.coordinator.v1.Job.MetricsEntry\x12\x0f\n\x07run_dir\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"?\n\x10ListJobsResponse\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.alignmesh.coordinator.v1.Job\"I\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x13\n\x0breplay_only\x18\x03 \x01(\x08\"\x96\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04time\x18\x03 \x01(\x01\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x31\n\x05state\x18\x05 \x01(\x0e\x32\".alignmesh.coordinator.v1.JobState\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0c\n\x04step\x18\x07 \x01(\x03\x12@\n\x07metrics\x18\x08 \x03(\x0b\x32/.alignmesh.coordinator.v1.JobEvent.MetricsEntry\x12\x0f\n\x07message\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fPauseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10ResumeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x96\x01\n\x10UpdateJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x44\n\x05knobs\x18\x02 \x03(\x0b\x32\x35.alignmesh.coordinator.v1.UpdateJobRequest.KnobsEntry\x1a,\n\nKnobsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xb0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12\x14\n\x10JOB_STATE_PAUSED\x10\x06\x32\xdc\x05\n\x12\x43oordinatorService\x12V\n\tSubmitJob\x12*.alignmesh.coordinator.v1.SubmitJobRequest\x1a\x1d.alignmesh.coordinator.v1.Job\x12P\n\x06GetJob\x12\'.alignmesh.coordinator.v1.GetJobRequest\x1a\x1d.alignmesh.coordinator.v1.Job\x12\x61\n\x08ListJobs\x12).alignmesh.coordinator.v1.ListJobsRequest\x1a*.alignmesh.coordinator.v1.ListJobsResponse\x12[\n\x08WatchJob\x12).alignmesh.coordinator.v1.WatchJobRequest\x1a\".alignmesh.coordinator.v1.JobEvent0\x01\x12V\n\tCancelJob\x12*.alignmesh.coordinator.v1.CancelJobRequest\x1a\x1d.alignmesh.coordinator.v1.Job\x12T\n\x08PauseJob\x12).alignmesh.coordinator.v1.PauseJobRequest\x1a\x1d.alignmesh.coordinator.v1.Job\x12V\n\tResumeJob\x12*.alignmesh.coordinator.v1.ResumeJobRequest\x1a\x1d.alignmesh.coordinator.v1.Job\x12V\n\tUpdateJob\x12*.alignmesh.coordinator.v1.UpdateJobRequest\x1a\x1d.alignmesh.coordinator.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1alignmesh/protos/coordinator/v1/coordinator.proto\x12\x18\x61lignmesh.coordinator.v1\"5\n\x10SubmitJobRequest\x12\x13\n\x0b\x63onfig_yaml\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xbf\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x05state\x18\x03 \x01(\x0e\x32\".alignmesh.coordinator.v1.JobState\x12\x13\n\x0b\x63onfig_yaml\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x12\n\nstarted_at\x18\x06 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x07 \x01(\x01\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x0c\n\x04step\x18\t \x01(\x03\x12;\n\x07metrics\x18\n \x03(\x0b\x32*.alignmesh.coordinator.v1.Job.MetricsEntry\x12\x0f\n\x07run_dir\x18\x0b \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"G\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\"X\n\x10ListJobsResponse\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.alignmesh.coordinator.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"I\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x13\n\x0breplay_only\x18\x03 \x01(\x08\"\x96\x02\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x0c\n\x04time\x18\x03 \x01(\x01\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x31\n\x05state\x18\x05 \x01(\x0e\x32\".alignmesh.coordinator.v1.JobState\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0c\n\x04step\x18\x07 \x01(\x03\x12@\n\x07metrics\x18\x08 \x03(\x0b\x32/.alignmesh.coordinator.v1.JobEvent.MetricsEntry\x12\x0f\n\x07message\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fPauseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10ResumeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x96\x01\n\x10UpdateJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x44\n\x05knobs\x18\x02 \x03(\x0b\x32\x35.alignmesh.coordinator.v1.UpdateJobRequest.KnobsEntry\x1a,\n\nKnobsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xb0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12\x14\n\x10JOB_STATE_PAUSED\x10\x06\x32\xdc\x05\n\x12\x43oordinatorService\x12V\n\tSubmitJob\x12*.alignmesh.coordinator.v1.SubmitJobRequest\x1a\x1d.alignmesh.coordinator.v1.Job\x12P\n\x06GetJob\x12\'.alignmesh.coordinator.v1.GetJobRequest\x1a\x1d.alignmesh.coordinator.v1.Job\x12\x61\n\x08ListJobs\x12).alignmesh.coordinator.v1.ListJobsRequest\x1a*.alignmesh.coordinator.v1.ListJobsResponse\x12[\n\x08WatchJob\x12).alignmesh.coordinator.v1.WatchJobRequest\x1a\".alignmesh.coordinator.v1.JobEvent0\x01\x12V\n\tCancelJob\x12*.alignmesh.coordinator.v1.CancelJobRequest\x1a\x1d.alignmesh.coordinator.v1.Job\x12T\n\x08PauseJob\x12).alignmesh.coordinator.v1.PauseJobRequest\x1a\x1d.alignmesh.coordinator.v1.Job\x12V\n\tResumeJob\x12*.alignmesh.coordinator.v1.ResumeJobRequest\x1a\x1d.alignmesh.coordinator.v1.Job\x12V\n\tUpdateJob\x12*.alignmesh.coordinator.v1.UpdateJobRequest\x1a\x1d.alignmesh.coordinator.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBEVENT_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_UPDATEJOBREQUEST_KNOBSENTRY']._loaded_options = None
   _globals['_UPDATEJOBREQUEST_KNOBSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1190
-  _globals['_JOBSTATE']._serialized_end=1366
+  _globals['_JOBSTATE']._serialized_start=1269
+  _globals['_JOBSTATE']._serialized_end=1445
   _globals['_SUBMITJOBREQUEST']._serialized_start=79
   _globals['_SUBMITJOBREQUEST']._serialized_end=132
   _globals['_JOB']._serialized_start=135
@@ -48,25 +48,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBREQUEST']._serialized_start=456
   _globals['_GETJOBREQUEST']._serialized_end=487
   _globals['_LISTJOBSREQUEST']._serialized_start=489
-  _globals['_LISTJOBSREQUEST']._serialized_end=506
-  _globals['_LISTJOBSRESPONSE']._serialized_start=508
-  _globals['_LISTJOBSRESPONSE']._serialized_end=571
-  _globals['_WATCHJOBREQUEST']._serialized_start=573
-  _globals['_WATCHJOBREQUEST']._serialized_end=646
-  _globals['_JOBEVENT']._serialized_start=649
-  _globals['_JOBEVENT']._serialized_end=927
+  _globals['_LISTJOBSREQUEST']._serialized_end=560
+  _globals['_LISTJOBSRESPONSE']._serialized_start=562
+  _globals['_LISTJOBSRESPONSE']._serialized_end=650
+  _globals['_WATCHJOBREQUEST']._serialized_start=652
+  _globals['_WATCHJOBREQUEST']._serialized_end=725
+  _globals['_JOBEVENT']._serialized_start=728
+  _globals['_JOBEVENT']._serialized_end=1006
   _globals['_JOBEVENT_METRICSENTRY']._serialized_start=408
   _globals['_JOBEVENT_METRICSENTRY']._serialized_end=454
-  _globals['_CANCELJOBREQUEST']._serialized_start=929
-  _globals['_CANCELJOBREQUEST']._serialized_end=963
-  _globals['_PAUSEJOBREQUEST']._serialized_start=965
-  _globals['_PAUSEJOBREQUEST']._serialized_end=998
-  _globals['_RESUMEJOBREQUEST']._serialized_start=1000
-  _globals['_RESUMEJOBREQUEST']._serialized_end=1034
-  _globals['_UPDATEJOBREQUEST']._serialized_start=1037
-  _globals['_UPDATEJOBREQUEST']._serialized_end=1187
-  _globals['_UPDATEJOBREQUEST_KNOBSENTRY']._serialized_start=1143
-  _globals['_UPDATEJOBREQUEST_KNOBSENTRY']._serialized_end=1187
-  _globals['_COORDINATORSERVICE']._serialized_start=1369
-  _globals['_COORDINATORSERVICE']._serialized_end=2101
+  _globals['_CANCELJOBREQUEST']._serialized_start=1008
+  _globals['_CANCELJOBREQUEST']._serialized_end=1042
+  _globals['_PAUSEJOBREQUEST']._serialized_start=1044
+  _globals['_PAUSEJOBREQUEST']._serialized_end=1077
+  _globals['_RESUMEJOBREQUEST']._serialized_start=1079
+  _globals['_RESUMEJOBREQUEST']._serialized_end=1113
+  _globals['_UPDATEJOBREQUEST']._serialized_start=1116
+  _globals['_UPDATEJOBREQUEST']._serialized_end=1266
+  _globals['_UPDATEJOBREQUEST_KNOBSENTRY']._serialized_start=1222
+  _globals['_UPDATEJOBREQUEST_KNOBSENTRY']._serialized_end=1266
+  _globals['_COORDINATORSERVICE']._serialized_start=1448
+  _globals['_COORDINATORSERVICE']._serialized_end=2180
 # @@protoc_insertion_point(module_scope)
