@@ -115,12 +115,16 @@ class Client:
         """Every job (optionally only those in ``state``), oldest first, fetched a page at a time."""
         jobs, token = [], ""
         while True:
-            reply = self._read("ListJobs", coordinator_pb2.ListJobsRequest(page_size=page_size, page_token=token,
-                                                                           state=state))
-            jobs += [_job(j) for j in reply.jobs]
-            token = reply.next_page_token
+            page, token = self.page(page_size, token, state)
+            jobs += page
             if not token:
                 return jobs
+
+    def page(self, page_size: int = 100, page_token: str = "", state: str = "") -> tuple[list[Job], str]:
+        """One page of jobs and the token of the next one ("" after the last)."""
+        reply = self._read("ListJobs", coordinator_pb2.ListJobsRequest(page_size=page_size, page_token=page_token,
+                                                                       state=state))
+        return [_job(j) for j in reply.jobs], reply.next_page_token
 
     def cancel(self, job_id: str) -> Job:
         return _job(self._stub.CancelJob(coordinator_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout_s,
