@@ -8,6 +8,8 @@ The launcher (``alignmesh.deploy.cli``) adds the server verbs (``serve``, ``up``
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -47,8 +49,24 @@ def _submit(args) -> int:
 
 def _jobs(args) -> int:
     with _client(args) as c:
-        for j in c.list():
-            print(f"{j.id}  {j.name:<12} {j.state:<10} step {j.step:<6} {j.error}")
+        jobs = c.list()
+    if args.output != "table":
+        return _dump([dataclasses.asdict(j) for j in jobs], args.output)
+    for j in jobs:  # a failed job's reason in one line; `alignmesh logs JOB` has the whole error
+        reason = (j.error.strip().splitlines() or [""])[0]
+        reason = reason if len(reason) <= 80 else reason[:77] + "..."
+        print(f"{j.id}  {j.name:<12} {j.state:<10} step {j.step:<6} {reason}".rstrip())
+    return 0
+
+
+def _dump(data, output: str) -> int:
+    """Machine-readable output: ``json`` or ``yaml``."""
+    if output == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False), end="")
     return 0
 
 
@@ -97,7 +115,9 @@ def _update(args) -> int:
 def _logs(args) -> int:
     with _client(args) as c:
         for ev in c.watch(args.job_id) if args.follow else c.events(args.job_id):
-            if ev.kind in ("log", "state", "update", "checkpoint"):
+            if args.output == "json":  # every event, one JSON object per line
+                print(json.dumps(dataclasses.asdict(ev)), flush=True)
+            elif ev.kind in ("log", "state", "update", "checkpoint"):
                 print(f"{ev.seq:6d} {ev.kind:<10} {ev.state or ''} {ev.message}".rstrip())
     return 0
 
@@ -124,6 +144,12 @@ def add_job_verbs(sub) -> None:
         s.add_argument("--tls-cert", default=None, help="client certificate (when the cluster requires one)")
         s.add_argument("--tls-key", default=None, help="client private key (with --tls-cert)")
         s.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+        if name == "jobs":
+            s.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table",
+                           help="table for people, json or yaml for scripts")
+        if name == "logs":
+            s.add_argument("--output", "-o", choices=("text", "json"), default="text",
+                           help="json: every event as one JSON object per line")
         if name == "submit":
             s.add_argument("job_config", help="job YAML file")
             s.add_argument("--name", default="")

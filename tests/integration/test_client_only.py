@@ -4,6 +4,7 @@ server verb there says what to install instead of failing on a missing torch."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -65,12 +66,18 @@ def test_base_install_has_no_torch_and_drives_a_job(client_venv, tiny_model_dir,
         job_id = submitted.stdout.strip().splitlines()[-1]
         watched = sh(cli, "watch", job_id, "--coordinator", address, env=env)
         listed = sh(cli, "jobs", "--coordinator", address, env=env)
+        as_json = sh(cli, "jobs", "--coordinator", address, "--output", "json", env=env)
+        events = sh(cli, "logs", job_id, "--coordinator", address, "-o", "json", env=env)
         bad = tmp_path / "bad.yaml"
         bad.write_text("steps: -3\n")
         refused = sh(cli, "submit", bad, "--coordinator", address, env=env, check=False)
         missing = sh(cli, "watch", "nosuchjob", "--coordinator", address, env=env, check=False)
     assert f"{job_id} succeeded at step 3" in watched.stdout, watched.stdout
     assert job_id in listed.stdout and "succeeded" in listed.stdout
+    jobs = json.loads(as_json.stdout)
+    assert [(j["id"], j["state"], j["step"]) for j in jobs] == [(job_id, "succeeded", 3)]
+    kinds = [json.loads(line)["kind"] for line in events.stdout.splitlines()]
+    assert kinds[0] == "state" and kinds.count("step") >= 3 and "eval" in kinds
     # the coordinator's refusals are one line and an exit code: 3 a bad config, 6 no such job
     assert refused.returncode == 3 and refused.stderr.strip().splitlines() == [
         "alignmesh: error: config_yaml: steps: must be >= 0, got -3"]
