@@ -30,21 +30,14 @@ def default_threads(cfg: ClusterConfig, role: str) -> int:
     return 1
 
 
-def _vocab(path) -> int:
-    from transformers import AutoConfig
-
-    return int(AutoConfig.from_pretrained(str(path)).vocab_size)
-
-
-def _context(path) -> int:
-    """The model's positions (prompts and sequences are checked against it); 0 when its config does not say."""
+def _limits(path) -> tuple[int, int]:
+    """(vocab size, positions) from the model's config, read once: token ids and sequence lengths in requests are
+    checked against them (positions 0 when the config does not say)."""
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(str(path))
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if getattr(cfg, key, None):
-            return int(getattr(cfg, key))
-    return 0
+    keys = ("max_position_embeddings", "n_positions", "max_sequence_length")
+    return int(cfg.vocab_size), next((int(getattr(cfg, k)) for k in keys if getattr(cfg, k, None)), 0)
 
 
 def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
@@ -56,6 +49,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
     from alignmesh.services.models.tiny import ensure_model
 
     path = str(ensure_model(cfg))
+    vocab, context = _limits(path)
     be = None
     if role == "rollout":
         from alignmesh.services.rollout import backend, servicer
@@ -63,13 +57,13 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         r = cfg.rollout
         extra = dict(kv_cache_gb=r.kv_cache_gb) if r.backend == "vllm" else {}
         be = backend.create(r.backend, model_path=path, max_batch_size=r.max_batch_size, device=r.device, **extra)
-        svc = servicer.RolloutServicer(be, _vocab(path), _context(path))
+        svc = servicer.RolloutServicer(be, vocab, context)
     elif role == "reference":
         from alignmesh.services.reference import backend, servicer
 
         be = backend.TorchReferenceBackend(path, device=cfg.reference.device,
                                            micro_batch_size=cfg.reference.micro_batch_size)
-        svc = servicer.ReferenceServicer(be, _vocab(path), path_policy(cfg), _context(path))
+        svc = servicer.ReferenceServicer(be, vocab, path_policy(cfg), context)
     elif role == "reward":
         from alignmesh.services.reward import servicer
         from alignmesh.services.reward.registry import Registry
@@ -96,7 +90,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         be = backend.create(t.backend, model_path=path, learning_rate=t.learning_rate, betas=t.betas,
                             weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, device=t.device,
                             **extra)
-        svc = servicer.TrainerServicer(be, _vocab(path), path_policy(cfg), _context(path))
+        svc = servicer.TrainerServicer(be, vocab, path_policy(cfg), context)
     elif role == "critic":
         from alignmesh.services.trainer import backend, servicer
 
@@ -104,7 +98,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         load_plugins(cfg.trainer.plugins, "trainer.plugins")
         be = backend.create("critic", model_path=path, learning_rate=c.learning_rate, betas=c.betas,
                             grad_clip=c.grad_clip, seed=c.seed, device=c.device)
-        svc = servicer.TrainerServicer(be, _vocab(path), path_policy(cfg), _context(path))
+        svc = servicer.TrainerServicer(be, vocab, path_policy(cfg), context)
     else:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     register = (lambda server: servicer.add_to_server(svc, server))

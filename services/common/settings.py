@@ -198,10 +198,9 @@ class ClusterConfig:
     def validate(self, where: str) -> None:
         if self.threads_per_process is not None:
             _positive(where, "threads_per_process", self.threads_per_process)
-        kind = (lambda device: "cuda" if device.startswith("cuda") else device)  # noqa: E731
         for role in ("rollout", "reference"):  # the weight channel joins the trainer with these in one group
             device = getattr(self, role).device
-            if kind(device) != kind(self.trainer.device):
+            if _device_kind(device) != _device_kind(self.trainer.device):
                 raise ConfigError(f"{_join_key(where, role)}.device: {device} cannot join a weight-sync group with the "
                                   f"trainer on {self.trainer.device} (one collective backend per group); put both "
                                   f"on the same kind of device")
@@ -221,6 +220,11 @@ class ClusterConfig:
             raise ConfigError(f"model: {path} is not a model directory (no config.json); "
                               f"give a local HF model directory or 'default'")
         return path
+
+
+def _device_kind(device: str) -> str:
+    """cuda:3 -> cuda: devices of one kind share a collective backend."""
+    return device.split(":", 1)[0]
 
 
 def _join_key(where: str, key: str) -> str:

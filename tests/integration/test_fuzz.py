@@ -88,8 +88,7 @@ def build(cls, data: dict):
                         target[k] = item
             elif field.type == F.TYPE_MESSAGE and field.is_repeated:
                 for item in v:
-                    getattr(msg, name).add().CopyFrom(build(type(getattr(msg, name).add()), item))
-                    del getattr(msg, name)[-1]
+                    getattr(msg, name).add().CopyFrom(build(_message_class(field.message_type), item))
             elif field.type == F.TYPE_MESSAGE:
                 getattr(msg, name).CopyFrom(build(type(getattr(msg, name)), v))
             elif field.is_repeated:
