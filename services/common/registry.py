@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Generic, Iterable, TypeVar
 
+from alignmesh.services.common.config import show
 from alignmesh.services.common.errors import ConfigError
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ class Registry(Generic[T]):
         if name not in self.entries and name in self.builtins:
             importlib.import_module(self.builtins[name])
         if name not in self.entries:
-            raise ConfigError(f"{self.field}: unknown {self.kind} {name!r}; known: {self.names()}")
+            raise ConfigError(f"{self.field}: unknown {self.kind} {show(name)}; known: {self.names()}")
         return self.entries[name]
 
     def names(self) -> list[str]:

@@ -19,6 +19,15 @@ from alignmesh.services.trainer.backend import TrainerBackend
 DEFAULT_BUCKET_BYTES = 64 * 1024 * 1024
 
 
+MAX_REQUEST_ID = 128
+
+
+def _check_request_id(request_id: str) -> None:
+    """Ids are kept (the last 64) to answer retries: bounded in length."""
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters, got {len(request_id)}")
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, backend: TrainerBackend, vocab_size: int, paths: PathPolicy, context: int = 0):
         self.backend = backend
@@ -33,6 +42,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         loss = convert.loss_from_proto(request.loss)
         lr = convert.learning_rate_from_proto(request)
 
+        _check_request_id(request.request_id)
+
         async def step():
             step, stats = await asyncio.to_thread(run_pinned, self.backend.train_step, batch, loss, lr)
             return trainer_pb2.TrainStepResponse(step=step, metrics=stats)
@@ -42,6 +53,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if not request.path:
             raise InvalidArgument("path", "must name the checkpoint directory")
         path = str(self.paths.check("path", request.path))
+        _check_request_id(request.request_id)
 
         async def save():
             info = await asyncio.to_thread(run_pinned, self.backend.save_checkpoint, path, request.export_hf)

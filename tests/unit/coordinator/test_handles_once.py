@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
 import torch
 
+from alignmesh.coordinator import convert
 from alignmesh.coordinator.handles import TrainerHandle, endpoints
 from alignmesh.protos.trainer.v1 import trainer_pb2_grpc
 from alignmesh.services.common.paths import PathPolicy
@@ -39,6 +41,14 @@ def test_a_step_retried_past_its_deadline_is_applied_once(tiny_model_dir, tmp_pa
             step, stats = await handle.train_step(ids, mask, loss_mask, loss={"name": "slow_sft"})
             again, _ = await handle.train_step(ids, mask, loss_mask, loss={"name": "slow_sft"})
             first = await handle.save_checkpoint(str(tmp_path / "ckpt"))
+            req = convert.train_request(ids, mask, loss_mask, None, None, {"name": "sft"}, None)
+            req.request_id = "x" * 129  # ids are remembered: their length is bounded
+            try:
+                await handle.eps[0].stub.TrainStep(req, timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in exc.details()
+            else:
+                raise AssertionError("a 129-character request id was accepted")
         finally:
             await handle.close()
             await server.stop(0)

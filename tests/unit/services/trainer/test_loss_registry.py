@@ -83,6 +83,9 @@ def test_unknown_loss_and_missing_inputs_name_the_field(tiny_model_dir):
     trainer = TorchTrainerBackend(str(tiny_model_dir), seed=0)
     with pytest.raises(InvalidArgument, match=r"loss.name: unknown loss 'nope'; known: \[.*'policy_gradient'"):
         trainer.train_step(batch(), LossSpec("nope"), None)
+    with pytest.raises(InvalidArgument) as err:  # a long name is quoted cut short, not echoed whole
+        trainer.train_step(batch(), LossSpec("n" * 100_000), None)
+    assert len(str(err.value)) < 400 and "(100002 characters)" in str(err.value)
     no_adv = batch()
     no_adv.advantages = None
     with pytest.raises(InvalidArgument, match="advantages: required by the policy_gradient loss"):
