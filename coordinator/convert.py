@@ -92,7 +92,7 @@ def logprobs_from_proto(resp: reference_pb2.LogProbsResponse) -> torch.Tensor:
 def train_request(ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor, advantages: torch.Tensor | None,
                   ref_logprobs: torch.Tensor | None, loss: dict, learning_rate: float | None,
                   returns: torch.Tensor | None = None, old_values: torch.Tensor | None = None,
-                  ) -> trainer_pb2.TrainStepRequest:
+                  behavior_logprobs: torch.Tensor | None = None) -> trainer_pb2.TrainStepRequest:
     req = trainer_pb2.TrainStepRequest(input_ids=encode(ids), attention_mask=encode(mask),
                                        loss_mask=encode(loss_mask.float()), loss=trainer_pb2.LossSpec(**loss),
                                        request_id=uuid.uuid4().hex)  # one id for the step and its retries
@@ -102,7 +102,7 @@ def train_request(ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor
         req.ref_logprobs.CopyFrom(encode(ref_logprobs.float()))
     if learning_rate is not None:
         req.learning_rate = learning_rate
-    for name, t in (("returns", returns), ("old_values", old_values)):
+    for name, t in (("returns", returns), ("old_values", old_values), ("behavior_logprobs", behavior_logprobs)):
         if t is not None:
             getattr(req, name).CopyFrom(encode(t.float()))
     return req

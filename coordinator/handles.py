@@ -197,9 +197,9 @@ class ReferencePool(Pool):
 class TrainerHandle(Pool):
     async def train_step(self, ids, mask, loss_mask, advantages=None, ref_logprobs=None, loss: dict | None = None,
                          learning_rate: float | None = None, returns=None, old_values=None,
-                         ) -> tuple[int, dict[str, float]]:
+                         behavior_logprobs=None) -> tuple[int, dict[str, float]]:
         req = convert.train_request(ids, mask, loss_mask, advantages, ref_logprobs, loss or {}, learning_rate,
-                                    returns, old_values)
+                                    returns, old_values, behavior_logprobs)
         resp = await self.call("TrainStep", req)
         return resp.step, dict(resp.metrics)
 

@@ -27,6 +27,7 @@ class Experience:
     returns: torch.Tensor | None = None  # float32 [B, T] (critic)
     old_values: torch.Tensor | None = None  # float32 [B, T] (critic)
     old_logprobs: torch.Tensor | None = None  # float32 [B, T]: frozen before the first of several epochs
+    behavior_logprobs: torch.Tensor | None = None  # float32 [B, T]: the rollout's own, for off-policy correction
 
 
 @dataclass
@@ -40,6 +41,8 @@ class LossSpec:
     variant: str = "sigmoid"
     label_smoothing: float = 0.0
     params: dict[str, float] = field(default_factory=dict)  # knobs of user-registered losses
+    off_policy: str = "none"  # policy_gradient: "none", "tis" or "decoupled" (losses.behaviour_weights)
+    is_cap: float = 2.0  # the importance-weight cap C of tis / decoupled
 
 
 @dataclass
@@ -79,7 +82,7 @@ def move_experience(batch: Experience, device: str) -> Experience:
     move = (lambda t: None if t is None else t.to(device))
     return Experience(move(batch.input_ids), move(batch.attention_mask), move(batch.loss_mask).float(),
                       move(batch.advantages), move(batch.ref_logprobs), move(batch.returns),
-                      move(batch.old_values), move(batch.old_logprobs))
+                      move(batch.old_values), move(batch.old_logprobs), move(batch.behavior_logprobs))
 
 
 BACKENDS: Registry[Callable[..., TrainerBackend]] = Registry("trainer backend", "trainer.backend", {

@@ -39,7 +39,7 @@ def experience_from_proto(req: trainer_pb2.TrainStepRequest, vocab_size: int) ->
         raise InvalidArgument("ref_logprobs", f"shape {list(ref.shape)} must equal input_ids shape "
                                               f"{list(ids.shape)}")
     extra = {}
-    for name in ("returns", "old_values"):
+    for name in ("returns", "old_values", "behavior_logprobs"):
         t = _optional(req, name, ids.shape[0])
         if t is not None and t.shape != ids.shape:
             raise InvalidArgument(name, f"shape {list(t.shape)} must equal input_ids shape {list(ids.shape)}")
@@ -47,7 +47,8 @@ def experience_from_proto(req: trainer_pb2.TrainStepRequest, vocab_size: int) ->
     return Experience(ids, mask, loss_mask, adv, ref, **extra)
 
 
-_KNOBS = ("clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing")
+_KNOBS = ("clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing", "off_policy",
+          "is_cap")
 
 
 def loss_from_proto(msg: trainer_pb2.LossSpec) -> LossSpec:
@@ -67,6 +68,10 @@ def loss_from_proto(msg: trainer_pb2.LossSpec) -> LossSpec:
     if spec.micro_batch_size < 0:
         raise InvalidArgument("loss.micro_batch_size", f"must be >= 0 (0: the whole batch), got "
                                                        f"{spec.micro_batch_size}")
+    if spec.off_policy not in ("none", "tis", "decoupled"):
+        raise InvalidArgument("loss.off_policy", f"must be none, tis or decoupled, got {spec.off_policy!r}")
+    if not spec.is_cap >= 1.0 or spec.is_cap == float("inf"):
+        raise InvalidArgument("loss.is_cap", f"must be a finite number >= 1, got {spec.is_cap}")
     if spec.epochs < 1:
         raise InvalidArgument("loss.epochs", f"must be >= 1, got {spec.epochs}")
     bad = [k for k, v in spec.params.items() if v != v or v in (float("inf"), float("-inf"))]

@@ -39,14 +39,17 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 def policy_gradient_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                          mask: torch.Tensor, clip_eps: float, ref_logprobs: torch.Tensor | None = None,
                          kl_coef: float = 0.0, normalizer: float | torch.Tensor | None = None,
+                         weights: torch.Tensor | None = None,
                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate (PPO, Schulman et al. 2017) with the GRPO KL term (Shao et al. 2024):
 
         rho_bt = exp(logprobs - old_logprobs)
-        L = -(1/N) sum_bt mask_bt [ min(rho_bt A_bt, clip(rho_bt, 1-eps, 1+eps) A_bt) - beta k3_bt ]
+        L = -(1/N) sum_bt mask_bt [ w_bt min(rho_bt A_bt, clip(rho_bt, 1-eps, 1+eps) A_bt) - beta k3_bt ]
 
-    advantages: [B] (one per sequence, broadcast over tokens) or [B, T]. Returns (loss, stats) where stats are
-    detached token means: ``pg_loss``, ``kl``, ``clip_frac``, ``ratio``.
+    advantages: [B] (one per sequence, broadcast over tokens) or [B, T]. ``weights`` [B, T] (detached; 1 when
+    None): per-token importance weights of off-policy samples (``behaviour_weights``), which makes this the
+    decoupled objective of AReaL (Fu et al. 2025) with ``old_logprobs`` as the proximal policy. Returns
+    (loss, stats) where stats are detached token means: ``pg_loss``, ``kl``, ``clip_frac``, ``ratio``.
     """
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     mask = mask.to(logprobs.dtype)
@@ -55,6 +58,8 @@ def policy_gradient_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adv
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
     surrogate = torch.minimum(unclipped, clipped)
+    if weights is not None:
+        surrogate = surrogate * weights.detach()
     pg = -(surrogate * mask).sum() / n
     kl = torch.zeros((), dtype=logprobs.dtype)
     if ref_logprobs is not None:
@@ -65,6 +70,37 @@ def policy_gradient_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adv
                  "clip_frac": (((unclipped != clipped).to(mask.dtype) * mask).sum() / n),
                  "ratio": (ratio * mask).sum() / n}
     return loss, stats
+
+
+def behaviour_weights(proximal_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, mask: torch.Tensor,
+                      cap: float, mode: str = "tis", normalizer: float | torch.Tensor | None = None,
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Importance weights that correct for tokens sampled by an older policy (an asynchronous rollout).
+
+        w_bt = pi_prox(y_bt | y_<t) / pi_behav(y_bt | y_<t) = exp(proximal_logprobs - behaviour_logprobs)
+        "tis":       w~_bt = min(w_bt, C)              truncated importance sampling (Ionides 2008; verl's
+                                                       token-level rollout IS)
+        "decoupled": w~_bt = w_bt * 1[w_bt <= C]       AReaL's decoupled PPO behaviour weight with its cap: a
+                                                       token whose weight exceeds C is left out of the loss
+
+    proximal_logprobs: the trainer's log-probabilities before this update; behaviour_logprobs: the rollout's own,
+    both [B, T] aligned with ``mask`` [B, T]. Returns detached (weights [B, T], stats): ``is_ratio_mean`` and
+    ``is_ratio_max`` of w over masked tokens, ``is_truncated`` the share of masked tokens with w > C (means are
+    over ``normalizer`` tokens when given: a micro-batch's share of the whole batch's mean).
+    """
+    if mode not in ("tis", "decoupled"):
+        raise ValueError(f"mode must be tis or decoupled, got {mode!r}")
+    with torch.no_grad():
+        mask = mask.to(proximal_logprobs.dtype)
+        w = torch.exp((proximal_logprobs - behaviour_logprobs) * mask)  # 1 off the mask: no overflow from padding
+        over = (w > cap) & (mask > 0)
+        weights = torch.clamp(w, max=cap) if mode == "tis" else torch.where(over, torch.zeros_like(w), w)
+        n = _norm(mask, normalizer)
+        stats = {"is_ratio_mean": (w * mask).sum() / n,
+                 "is_ratio_max": torch.where(mask > 0, w, torch.zeros_like(w)).max() if mask.any()
+                 else torch.ones(()),
+                 "is_truncated": over.to(mask.dtype).sum() / n}
+    return weights, stats
 
 
 def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, normalizer: float | torch.Tensor | None = None,
@@ -174,8 +210,13 @@ LOSSES: Registry[Loss] = Registry("loss", "loss.name")
 
 def _policy_gradient(logp: torch.Tensor, b: Experience, spec: LossSpec, normalizer):
     old = b.old_logprobs if b.old_logprobs is not None else logp.detach()
-    return policy_gradient_loss(logp, old, b.advantages, b.loss_mask, spec.clip_eps, b.ref_logprobs, spec.kl_coef,
-                                normalizer)
+    weights, is_stats = None, {}
+    if spec.off_policy != "none":
+        weights, is_stats = behaviour_weights(old, b.behavior_logprobs, b.loss_mask, spec.is_cap, spec.off_policy,
+                                            normalizer)
+    loss, stats = policy_gradient_loss(logp, old, b.advantages, b.loss_mask, spec.clip_eps, b.ref_logprobs,
+                                       spec.kl_coef, normalizer, weights)
+    return loss, {**stats, **is_stats}
 
 
 def _sft(logp: torch.Tensor, b: Experience, spec: LossSpec, normalizer):

@@ -42,7 +42,7 @@ from alignmesh.services.trainer.backend import (
     move_experience,
     register,
 )
-from alignmesh.services.trainer.step import resolve_loss
+from alignmesh.services.trainer.step import merge_stats, resolve_loss
 
 log = logging.getLogger("alignmesh.trainer.parallel")
 IDLE_TIMEOUT = dt.timedelta(days=7)  # how long workers wait for the next command (a trainer may idle)
@@ -149,8 +149,7 @@ class ParallelTrainerBackend:
         dist.gather_object(mine, shares, dst=0)
         stats: dict[str, float] = {}
         for share in shares:
-            for k, v in share.items():
-                stats[k] = stats.get(k, 0.0) + v
+            merge_stats(stats, share)
         stats.update(grad_norm=self.rank.grad_norm(), lr=self.rank.lr(), ranks=float(self.world))
         return stats
 

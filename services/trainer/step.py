@@ -65,6 +65,9 @@ def resolve_loss(batch: Experience, spec: LossSpec, model: str) -> Loss:
     for field in loss.needs:
         if getattr(batch, field) is None:
             raise InvalidArgument(field, f"required by the {spec.name} loss")
+    if spec.off_policy != "none" and batch.behavior_logprobs is None:
+        raise InvalidArgument("behavior_logprobs", f"required by loss.off_policy={spec.off_policy!r}: send the "
+                                                   f"rollout's log-probabilities, or set off_policy none")
     if loss.paired and rows(batch) % 2:
         raise InvalidArgument("input_ids", f"the {spec.name} loss needs an even batch: chosen rows first, then "
                                            f"their rejected rows")
@@ -113,9 +116,8 @@ def _token_pass(engine: Engine, loss: Loss, b: Experience, spec: LossSpec, slice
         value, parts = loss.objective(engine.forward(b.input_ids[s], b.attention_mask[s]), select(b, s), spec,
                                       normalizer)
         engine.backward(value, boundary)
-        totals["loss"] = totals.get("loss", 0.0) + float(value.detach()) / world
-        for k, v in parts.items():  # already divided by the whole batch's normalizer
-            totals[k] = totals.get(k, 0.0) + float(v) / world
+        merge_stats(totals, {"loss": float(value.detach()) / world})
+        merge_stats(totals, {k: float(v) if k.endswith("_max") else float(v) / world for k, v in parts.items()})
     totals["tokens"] = tokens / world
     return totals
 
@@ -148,6 +150,13 @@ def _idle_loss(engine: Engine, idle) -> torch.Tensor:
     return engine.forward(*idle).sum() * 0.0
 
 
+def merge_stats(into: dict[str, float], share: dict[str, float]) -> dict[str, float]:
+    """Add one micro-batch's (or one rank's) share of the statistics: shares of means sum; a ``*_max`` is a max."""
+    for k, v in share.items():
+        into[k] = max(into[k], v) if k in into and k.endswith("_max") else into.get(k, 0.0) + v
+    return into
+
+
 # -- splitting a batch ------------------------------------------------------------------------------------------
 def rows(batch: Experience, s: slice | None = None) -> int:
     return int(batch.input_ids.shape[0] if s is None else batch.input_ids[s].shape[0])
@@ -178,4 +187,4 @@ def select(batch: Experience, which: torch.Tensor | slice) -> Experience:
     pick = (lambda t: None if t is None else t[which])
     return Experience(batch.input_ids[which], batch.attention_mask[which], batch.loss_mask[which],
                       pick(batch.advantages), pick(batch.ref_logprobs), pick(batch.returns),
-                      pick(batch.old_values), pick(batch.old_logprobs))
+                      pick(batch.old_values), pick(batch.old_logprobs), pick(batch.behavior_logprobs))

@@ -25,7 +25,7 @@ class ComputeValuesResponse(_message.Message):
     def __init__(self, values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class LossSpec(_message.Message):
-    __slots__ = ("name", "clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing", "params")
+    __slots__ = ("name", "clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing", "params", "off_policy", "is_cap")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,8 @@ class LossSpec(_message.Message):
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    OFF_POLICY_FIELD_NUMBER: _ClassVar[int]
+    IS_CAP_FIELD_NUMBER: _ClassVar[int]
     name: str
     clip_eps: float
     kl_coef: float
@@ -51,10 +53,12 @@ class LossSpec(_message.Message):
     variant: str
     label_smoothing: float
     params: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., clip_eps: _Optional[float] = ..., kl_coef: _Optional[float] = ..., epochs: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., beta: _Optional[float] = ..., variant: _Optional[str] = ..., label_smoothing: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    off_policy: str
+    is_cap: float
+    def __init__(self, name: _Optional[str] = ..., clip_eps: _Optional[float] = ..., kl_coef: _Optional[float] = ..., epochs: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., beta: _Optional[float] = ..., variant: _Optional[str] = ..., label_smoothing: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ..., off_policy: _Optional[str] = ..., is_cap: _Optional[float] = ...) -> None: ...
 
 class TrainStepRequest(_message.Message):
-    __slots__ = ("input_ids", "attention_mask", "loss_mask", "advantages", "ref_logprobs", "loss", "learning_rate", "returns", "old_values", "request_id")
+    __slots__ = ("input_ids", "attention_mask", "loss_mask", "advantages", "ref_logprobs", "loss", "learning_rate", "returns", "old_values", "request_id", "behavior_logprobs")
     INPUT_IDS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
     LOSS_MASK_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +69,7 @@ class TrainStepRequest(_message.Message):
     RETURNS_FIELD_NUMBER: _ClassVar[int]
     OLD_VALUES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BEHAVIOR_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     input_ids: _tensor_pb2.Tensor
     attention_mask: _tensor_pb2.Tensor
     loss_mask: _tensor_pb2.Tensor
@@ -75,7 +80,8 @@ class TrainStepRequest(_message.Message):
     returns: _tensor_pb2.Tensor
     old_values: _tensor_pb2.Tensor
     request_id: str
-    def __init__(self, input_ids: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss_mask: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., advantages: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., ref_logprobs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., learning_rate: _Optional[float] = ..., returns: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., old_values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    behavior_logprobs: _tensor_pb2.Tensor
+    def __init__(self, input_ids: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss_mask: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., advantages: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., ref_logprobs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[LossSpec, _Mapping]] = ..., learning_rate: _Optional[float] = ..., returns: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., old_values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., request_id: _Optional[str] = ..., behavior_logprobs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class TrainStepResponse(_message.Message):
     __slots__ = ("step", "metrics")
