@@ -36,12 +36,11 @@ class TorchReferenceBackend:
 
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         outs = []
-        with self.receiver.lock, torch.no_grad():
+        with self.receiver.serving() as version, torch.no_grad():
             for i in range(0, input_ids.shape[0], self.micro_batch_size):
                 ids = input_ids[i:i + self.micro_batch_size].to(self.device)
                 mask = attention_mask[i:i + self.micro_batch_size].to(self.device)
                 outs.append(token_logprobs(self.model, ids, mask).cpu())
-            version = self.receiver.version
         return torch.cat(outs), version
 
     def load_weights(self, path: str, version: int) -> int:

@@ -28,10 +28,9 @@ class HFRolloutBackend:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generation:
         per_call = max(1, self.max_batch_size // max(1, params.n))
-        with self.receiver.lock, torch.no_grad():
+        with self.receiver.serving() as version, torch.no_grad():
             torch.manual_seed(params.seed)
             parts = [self._generate(prompts[i:i + per_call], params) for i in range(0, len(prompts), per_call)]
-            version = self.receiver.version
         width = max(p[0].shape[1] for p in parts)
         ids = torch.cat([_pad_to(p[0], width, self.pad_id) for p in parts])
         logprobs = torch.cat([_pad_to(p[1], width, 0.0) for p in parts])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import torch
@@ -43,7 +44,9 @@ class VLLMWeightReceiver:
 
     def __init__(self, llm, specs: list[bk.Spec], lock: threading.Lock):
         self.llm, self.specs, self.lock = llm, specs, lock
-        self.version = 0
+        self.version = 0  # committed: served by every request that starts from now on
+        self._served = 0  # the version the worker's weights hold
+        self._pending = 0  # committed, not yet swapped in (a generate call was in flight)
         self._staged: Staged | None = None
         self.group_id = ""
 
@@ -66,6 +69,9 @@ class VLLMWeightReceiver:
         if version <= self.version:
             raise InvalidArgument("version", f"must be newer than the served version {self.version}, got {version}")
         check_manifest(self.specs, specs)
+        if self._pending:  # the worker has one staging slot: the committed version goes in before it is refilled
+            with self.lock:
+                self._swap_in()
         self._staged = None
         try:
             nbytes, nbuckets, seconds = self.llm.collective_rpc("alignmesh_receive",
@@ -81,13 +87,30 @@ class VLLMWeightReceiver:
         return self._staged
 
     def commit(self, version: int) -> int:
+        """As ``WeightReceiver.commit``: the worker swaps the staged weights in now if no generate call is
+        running, else before the next one (a commit never waits for a request in flight)."""
         staged_for(self._staged, version)
-        with self.lock:  # no generate call is running: the swap is atomic for requests
-            self.llm.collective_rpc("alignmesh_commit", args=(version,))
-            self.llm.reset_prefix_cache()
-            self.version = version
-            self._staged = None
+        self._pending, self._staged, self.version = version, None, version
+        if self.lock.acquire(blocking=False):
+            try:
+                self._swap_in()
+            finally:
+                self.lock.release()
         return self.version
+
+    @contextmanager
+    def serving(self):
+        """Hold the engine for one request; yields the weight version it serves for the whole request."""
+        with self.lock:
+            self._swap_in()
+            yield self._served
+
+    def _swap_in(self) -> None:
+        pending, self._pending = self._pending, 0
+        if pending:
+            self.llm.collective_rpc("alignmesh_commit", args=(pending,))
+            self.llm.reset_prefix_cache()
+            self._served = pending
 
     def abort(self, version: int) -> int:
         if self._staged is not None and (version <= 0 or self._staged.version == version):
@@ -119,9 +142,8 @@ class VLLMRolloutBackend:
                               max_tokens=params.max_new_tokens, seed=params.seed * 1_000_003 + i, logprobs=0,
                               stop_token_ids=[self.eos_id], ignore_eos=False, detokenize=False)
                     for i in range(len(prompts))]
-        with self.lock:
+        with self.receiver.serving() as version:
             outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-            version = self.receiver.version
         return self._to_generation(outputs, params, version)
 
     def _to_generation(self, outputs, params: SamplingParams, version: int) -> Generation:
@@ -148,7 +170,7 @@ class VLLMRolloutBackend:
         from vllm import SamplingParams as VSampling
 
         sampling = VSampling(max_tokens=1, prompt_logprobs=0, temperature=0.0, detokenize=False)
-        with self.lock:
+        with self.receiver.serving():
             outs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], sampling, use_tqdm=False)
         return [[step[t].logprob for t, step in zip(s[1:], o.prompt_logprobs[1:])] for s, o in zip(sequences, outs)]
 

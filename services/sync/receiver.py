@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -96,14 +97,23 @@ def _receive_buckets(group: SyncGroup, plan: list[bk.Bucket], spare: dict):
 
 
 class WeightReceiver:
-    """Owns a model's weight version. ``lock`` guards the live weights: hold it while using the model."""
+    """Owns a model's weight version. Use the model only inside ``serving()``.
+
+    A commit never waits for a request in flight: it makes the staged version the committed one (``version``,
+    what every request that starts after the commit's reply serves) and swaps it into the model at once when the
+    model is idle, else when the request in flight ends (the next ``serving()``). Replicas therefore switch
+    versions between requests while a job keeps them busy, and a push does not wait for a long generate call.
+    """
 
     def __init__(self, model: torch.nn.Module, version: int = 0):
         self.model = model
-        self.version = version
-        self.lock = threading.Lock()
+        self.version = version  # committed: served by every request that starts from now on
+        self.lock = threading.Lock()  # held while the model is in use, and while weights are swapped in
         self.group: SyncGroup | None = None
         self._staged: Staged | None = None
+        self._pending: Staged | None = None  # committed, not yet swapped in (a request was in flight)
+        self._served = version  # the version the model's parameters hold
+        self._meta = threading.Lock()  # guards _pending / version against a concurrent commit
         # Double buffering: the flats the model serves from, and those of the version before (free to refill).
         self._live: dict = {}
         self._spare: dict = {}
@@ -135,15 +145,38 @@ class WeightReceiver:
         return self._staged
 
     def commit(self, version: int) -> int:
+        """Commit the staged ``version``: swapped in now if the model is idle, else after the request in flight."""
         staged = staged_for(self._staged, version)
+        with self._meta:
+            if self._pending is not None:  # committed over before any request served it: its buffers are free
+                self._spare.update(self._pending.flats)
+            self._pending, self._staged, self.version = staged, None, version
+        if self.lock.acquire(blocking=False):
+            try:
+                self._swap_in()
+            finally:
+                self.lock.release()
+        return self.version
+
+    @contextmanager
+    def serving(self):
+        """Hold the model for one request; yields the weight version it serves for the whole request."""
+        with self.lock:
+            self._swap_in()
+            yield self._served
+
+    def _swap_in(self) -> None:
+        """Put the pending version into the model (the caller holds ``lock``)."""
+        with self._meta:
+            staged, self._pending = self._pending, None
+        if staged is None:
+            return
         params = dict(self.model.named_parameters())
-        with self.lock, torch.no_grad():
+        with torch.no_grad():
             for name, tensor in staged.tensors.items():
                 params[name].data = tensor  # adopt the verified buffer: no copy (tied weights share the Parameter)
-            self.version = version
-            self._staged = None
-            self._spare, self._live = self._live, staged.flats  # the previous version's buffers are free now
-        return self.version
+        self._served = staged.version
+        self._spare, self._live = self._live, staged.flats  # the previous version's buffers are free now
 
     def adopt(self, tensors: dict[str, torch.Tensor], version: int) -> int:
         """Serve ``tensors`` (same names, dtypes and shapes as the model's) as ``version``, swapped in atomically;
@@ -153,10 +186,11 @@ class WeightReceiver:
         check_manifest(self.own_specs(), bk.specs_of(list(tensors.items())))
         params = dict(self.model.named_parameters())
         with self.lock, torch.no_grad():
+            with self._meta:
+                self._pending, self._staged = None, None
             for name, tensor in tensors.items():
                 params[name].data = tensor
-            self.version = version
-            self._staged = None
+            self.version = self._served = version
             self._spare, self._live = self._live, {}
         return self.version
 
