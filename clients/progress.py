@@ -31,11 +31,13 @@ def step_line(ev: Event, total_steps: int = 0) -> str:
     m = ev.metrics
     if ev.stage == "sft":
         return f"[sft ] step {ev.step:4d}  nll {m.get('nll', 0):.3f}"
-    seconds = sum(m.get(f"time_{p}", 0.0) for p in PHASES) or 1e-9
+    seconds = m.get("time_step") or sum(m.get(f"time_{p}", 0.0) for p in PHASES) or 1e-9
     split = " ".join(f"{p[:3]} {m.get(f'time_{p}', 0.0) * 1000:4.0f}" for p in PHASES)
     tps = m.get("completion_tokens", 0.0) / seconds
-    return (f"[{ev.stage[:4]:<4}] step {ev.step:4d}{progress(ev.step, total_steps)}  reward {m.get('reward_mean', 0):.3f}  kl {m.get('kl', 0):.4f}  "
-            f"tok/s {tps:7.0f}  ms: {split}")
+    lag = f"  lag {m['version_lag']:.2f}/{m.get('version_lag_max', 0):.0f}" if "version_lag" in m else ""
+    return (f"[{ev.stage[:4]:<4}] step {ev.step:4d}{progress(ev.step, total_steps)}  reward "
+            f"{m.get('reward_mean', 0):.3f}  kl {m.get('kl', 0):.4f}  tok/s {tps:7.0f}{lag}  ms: {split}  "
+            f"step {seconds * 1000:4.0f}")
 
 
 def print_events(events: Iterable[Event], every: int = 1, total: int = 0) -> None:

@@ -95,6 +95,9 @@ class SyncConfig:
         return int(self.bucket_mb * 1024 * 1024)
 
 
+MAX_STALENESS = 16
+
+
 @dataclass
 class JobConfig:
     # A registered flow name ("grpo", "sft") or "package.module:Flow" / "path/to/file.py:Flow".
@@ -115,6 +118,9 @@ class JobConfig:
     checkpoint_every: int = 0
     # Also write the metrics as TensorBoard event files under runs/<job>/tensorboard (the tensorboard extra).
     tensorboard: bool = False
+    # Asynchronous training: collect experience for up to this many steps ahead of the step being trained, so no
+    # sample is trained on more than this many weight versions after the one that generated it. 0: in turn.
+    max_staleness: int = 0
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
@@ -124,6 +130,8 @@ class JobConfig:
             _check(importlib.util.find_spec("tensorboard") is not None, "tensorboard",
                    "needs the tensorboard package on the coordinator: pip install 'alignmesh[tensorboard]'")
         _check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        _check(0 <= self.max_staleness <= MAX_STALENESS, "max_staleness",
+               f"must be in [0, {MAX_STALENESS}] (0: synchronous), got {self.max_staleness}")
         if self.init:
             _check((Path(self.init).expanduser() / "config.json").is_file(), "init",
                    f"{self.init} is not a model directory (no config.json)")

@@ -81,6 +81,7 @@ class Pool:
             raise ValueError("a pool needs at least one replica")
         self.eps, self.timeout_s, self.retries, self.backoff_s = eps, timeout_s, retries, backoff_s
         self.ledger = ledger if ledger is not None else RpcLedger()
+        self.answered = [0] * len(eps)  # RPCs each replica has answered (how the load spread)
 
     def healthy(self) -> list[Endpoint]:
         up = [e for e in self.eps if e.healthy]
@@ -109,6 +110,7 @@ class Pool:
         start = time.perf_counter()
         call = getattr(ep.stub, method)(request, timeout=timeout_s, metadata=ep.metadata)
         response = await call
+        self.answered[ep.replica] += 1
         wall = time.perf_counter() - start
         self.ledger.record(ep.role, request.ByteSize(), response.ByteSize(), wall,
                            handler_seconds(await call.trailing_metadata()))
@@ -130,26 +132,42 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 class RolloutPool(Pool):
-    def __init__(self, eps, timeout_s, pad_id: int, ledger: RpcLedger | None = None):
+    """Prompts are cut into chunks (one per replica when there is one; ``chunks_per_replica`` each when there are
+    more) and every healthy replica pulls the next chunk when it is free: a slow or added replica changes the
+    throughput, never which samples a step gets (chunk ``k`` always carries seed ``seed * 7919 + k``)."""
+
+    def __init__(self, eps, timeout_s, pad_id: int, ledger: RpcLedger | None = None, chunks_per_replica: int = 4):
         super().__init__(eps, timeout_s, ledger=ledger)
-        self.pad_id = pad_id
+        self.pad_id, self.chunks_per_replica = pad_id, chunks_per_replica
 
     async def generate(self, prompts: list[list[int]], n: int, seed: int, temperature: float = 1.0,
                        top_p: float = 1.0, max_new_tokens: int = 16, greedy: bool = False) -> convert.Rollouts:
-        """Prompts are split evenly over the healthy replicas and generated in parallel."""
-        chunks = _split(len(prompts), len(self.healthy()))
+        replicas = len(self.healthy())
+        chunks = _split(len(prompts), 1 if replicas == 1 else replicas * self.chunks_per_replica)
+        todo = list(enumerate(chunks))[::-1]
+        parts: list[convert.Rollouts | None] = [None] * len(chunks)
 
-        async def one(k: int, lo: int, hi: int) -> convert.Rollouts:
+        async def one(k: int, lo: int, hi: int, replica: int) -> convert.Rollouts:
             req = convert.generate_request(prompts[lo:hi], self.pad_id, n, seed * 7919 + k, temperature, top_p,
                                            max_new_tokens, greedy)
-            out = convert.rollouts_from_proto(await self.call("Generate", req, first=k))
+            out = convert.rollouts_from_proto(await self.call("Generate", req, first=replica))
             if out.lengths.numel() != (hi - lo) * n or out.completion_ids.shape[0] != (hi - lo) * n:
                 raise Aborted(f"rollout: a replica answered {out.lengths.numel()} samples for {hi - lo} prompts x "
                               f"{n}; its reply is dropped (no sample is trained on twice or lost silently)")
             return out
 
-        parts = await asyncio.gather(*(one(k, lo, hi) for k, (lo, hi) in enumerate(chunks)))
-        return convert.concat_rollouts(list(parts), self.pad_id)
+        async def puller(replica: int) -> None:
+            while todo:
+                k, (lo, hi) = todo.pop()
+                parts[k] = await one(k, lo, hi, replica)
+
+        async with asyncio.TaskGroup() as tasks:  # a failure cancels the other pullers
+            for r in range(replicas):
+                tasks.create_task(puller(r))
+        missing = [k for k, p in enumerate(parts) if p is None]
+        if missing:
+            raise Aborted(f"rollout: chunks {missing} of the step were not generated")
+        return convert.concat_rollouts(parts, self.pad_id)
 
 
 class RewardPool(Pool):

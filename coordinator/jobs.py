@@ -12,11 +12,11 @@ from pathlib import Path
 from alignmesh.coordinator import metrics as cmetrics
 from alignmesh.coordinator.config import JobConfig, parse_job_config
 from alignmesh.coordinator.flows.base import KNOBS, Control
-from alignmesh.coordinator.flows.registry import resolve
+from alignmesh.coordinator.flows.registry import FLOWS, resolve
 from alignmesh.coordinator.runner import run_job
 from alignmesh.coordinator.store import FINAL, STATES, Event, JobRecord, JobStore, StoreFault
 from alignmesh.services.common.config import dump_yaml, from_dict
-from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from alignmesh.services.common.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from alignmesh.services.common.paths import path_policy
 from alignmesh.services.common.settings import ClusterConfig
 
@@ -28,6 +28,9 @@ def validate(text: str, cluster: ClusterConfig) -> JobConfig:
     cfg = parse_job_config(text)
     flow = resolve(cfg.algorithm, cluster.coordinator.flow_dirs, cluster.coordinator.flow_modules)
     params = from_dict(flow.Params, cfg.params, "params")
+    if cfg.max_staleness and not getattr(flow, "asynchronous", False):
+        raise ConfigError(f"max_staleness: the {cfg.algorithm} flow trains synchronously; set 0 (flows that run "
+                          f"ahead: {[n for n in FLOWS.names() if getattr(FLOWS.get(n), 'asynchronous', False)]})")
     paths = path_policy(cluster)  # every file a job names lies where the operator allows
     for field, value in (("init", cfg.init), ("dataset.train", cfg.dataset.train), ("dataset.test", cfg.dataset.test),
                          ("dataset.path", cfg.dataset.path), ("params.pairs", getattr(params, "pairs", None))):

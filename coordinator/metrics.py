@@ -14,6 +14,8 @@ SYNC_BYTES = Counter("alignmesh_weight_sync_bytes_total", "Bytes of weights push
 SYNC_SECONDS = Histogram("alignmesh_weight_sync_seconds", "Wall time of one weight push to all receivers",
                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30))
 VERSION_LAG = Gauge("alignmesh_sample_version_lag", "Mean weight-version lag of the last step's samples")
+VERSION_LAG_MAX = Gauge("alignmesh_sample_version_lag_max", "Largest weight-version lag of the last step's samples")
+IS_RATIO = Gauge("alignmesh_importance_ratio", "Off-policy importance ratio of the last step's tokens", ["stat"])
 RPC_BYTES = Counter("alignmesh_experience_rpc_bytes_total", "Payload bytes of the coordinator's RPCs (both ways)",
                     ["role"])
 RPC_TRANSFER = Counter("alignmesh_experience_rpc_transfer_seconds_total",
@@ -32,6 +34,12 @@ def observe_step(stage: str, metrics: dict[str, float]) -> None:
         KL.set(metrics["kl"])
     if "version_lag" in metrics:
         VERSION_LAG.set(metrics["version_lag"])
+        VERSION_LAG_MAX.set(metrics.get("version_lag_max", metrics["version_lag"]))
+    for stat in ("mean", "max"):
+        if f"is_ratio_{stat}" in metrics:
+            IS_RATIO.labels(stat).set(metrics[f"is_ratio_{stat}"])
+    if "is_truncated" in metrics:
+        IS_RATIO.labels("truncated_share").set(metrics["is_truncated"])
     for key, value in metrics.items():
         if key.startswith("rpc_bytes_"):
             RPC_BYTES.labels(key[10:]).inc(value)

@@ -90,7 +90,8 @@ class Checkpointer:
         ctx = self.ctx
         path = self.dir / f"step-{step:06d}"
         await ctx.trainer.save_checkpoint(str(path))
-        state = {"step": step, "path": str(path), "cursor": ctx.sampler.cursor, "version": ctx.version,
+        cursor = ctx.sampler.cursor if ctx.trained_cursor is None else ctx.trained_cursor  # not the lookahead's
+        state = {"step": step, "path": str(path), "cursor": cursor, "version": ctx.version,
                  "knobs": ctx.control.knobs, "accuracy_before": self.accuracy_before}
         durable.write_text(self.dir / "latest.json", json.dumps(state))  # fsynced, renamed, directory fsynced
         for old in sorted(self.dir.glob("step-*"))[:-self.keep]:

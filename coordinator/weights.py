@@ -80,29 +80,35 @@ class WeightSync:
         When a push fails, replicas that no longer answer health checks are marked down and the push is retried
         once with the others.
         """
-        for ep in pool.eps:
-            if not ep.healthy and await probe(ep):
-                log.info("%s replica %d (%s) is back; re-admitting it", ep.role, ep.replica, ep.address)
-                ep.healthy = True
-        members = [ep for ep in pool.eps if ep.healthy]
+        back = [ep for ep in pool.eps if not ep.healthy and await probe(ep)]
+        for ep in back:
+            log.info("%s replica %d (%s) is back; re-admitting it", ep.role, ep.replica, ep.address)
+        members = [ep for ep in pool.eps if ep.healthy or ep in back]
         if not members:
             raise Unavailable(f"no healthy {name} replica to receive weights")
         try:
-            return await self._push_to(name, members, version)
+            result = await self._push_to(name, members, version)
+            readmit = members
         except Aborted as err:
             alive = [ep for ep in members if await probe(ep)]
             if len(alive) == len(members) or not alive:
                 raise
             for ep in members:
-                ep.healthy = ep in alive
+                if ep not in alive:
+                    ep.healthy = False
             log.warning("%s replicas down after a failed push: %s", name,
                         [ep.address for ep in members if ep not in alive])
             # A replica lost during the commit leaves the others already serving ``version``: only those still
             # behind receive it again (a replica refuses a version it already serves).
             behind = [ep for ep in alive if await self._served_version(ep) < version]
             if not behind and isinstance(err, CommitFailed):
-                return dataclasses.replace(err.result, receivers=len(alive))
-            return await self._push_to(name, behind or alive, version)
+                result = dataclasses.replace(err.result, receivers=len(alive))
+            else:
+                result = await self._push_to(name, behind or alive, version)
+            readmit = alive
+        for ep in readmit:  # only now: a replica serves requests again once it holds the current version
+            ep.healthy = True
+        return result
 
     async def _served_version(self, ep: Endpoint) -> int:
         try:

@@ -11,6 +11,7 @@ import yaml
 from alignmesh.clients.client import Client
 from alignmesh.clients.progress import print_events, total_steps
 from alignmesh.deploy.local import LocalCluster
+from alignmesh.services.common import threads
 from alignmesh.services.common.settings import ClusterConfig, load_cluster_config
 
 DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "grpo_addition.yaml"
@@ -38,6 +39,15 @@ def table(summary: dict) -> str:
 NEEDS_CRITIC = ("ppo", "reward_model")
 
 
+def staleness(run_dir: Path) -> tuple[float, float] | None:
+    """(mean, max) version lag of the main stage's samples, from the run's metrics."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lags = [r["metrics"] for r in rows if r["kind"] == "step" and r["stage"] == "main" and "version_lag" in r["metrics"]]
+    if not lags:
+        return None
+    return sum(m["version_lag"] for m in lags) / len(lags), max(m.get("version_lag_max", 0.0) for m in lags)
+
+
 def run_demo(config: str | None, job_config: str | None, out: str) -> int:
     """Start a local cluster, run one job (the GRPO demo by default), print progress and a before/after table.
 
@@ -45,9 +55,13 @@ def run_demo(config: str | None, job_config: str | None, out: str) -> int:
     t0 = time.time()
     cfg = load_cluster_config(config) if config else ClusterConfig()
     text = demo_job_text(job_config)
+    spec = yaml.safe_load(text) or {}
     if not config:
         cfg.rollout.replicas = 2
-        if (yaml.safe_load(text) or {}).get("algorithm") in NEEDS_CRITIC:
+        if spec.get("max_staleness"):  # the roles overlap: the trainer gets half of the cores, collecting the rest
+            cfg.cpu_plan = "overlapped"
+            cfg.rollout.replicas = max(1, threads.cpu_count() // 4)
+        if spec.get("algorithm") in NEEDS_CRITIC:
             cfg.critic.replicas = 1
     cfg.coordinator.runs_dir = out
     roles = ", ".join(f"{m} x{cfg.replicas(m)}" for m in ("trainer", "critic", "rollout", "reward", "reference")
@@ -68,6 +82,10 @@ def run_demo(config: str | None, job_config: str | None, out: str) -> int:
     summary["demo_wall_seconds"] = time.time() - t0
     summary_path.write_text(json.dumps(summary, indent=2))
     print("\n" + table(summary))
+    lag = staleness(Path(job.run_dir))
+    if lag:
+        print(f"\n  samples trained on were {lag[0]:.2f} weight versions old on average, {lag[1]:.0f} at most "
+              f"(max_staleness {int(spec.get('max_staleness', 0))})")
     print(f"\n  steps {summary['steps']}, job {summary['wall_seconds']:.0f}s, whole run {time.time() - t0:.0f}s")
     print(f"  curve: {summary.get('curve_png', '')}")
     print(f"summary: {summary_path}")

@@ -17,17 +17,25 @@ COMPUTE_ROLES = ("trainer", "critic", "rollout", "reference")
 
 
 def default_threads(cfg: ClusterConfig, role: str) -> int:
-    """Each process's share of the cores, by which processes compute at the same time.
+    """Each process's share of the cores, by which processes compute at the same time (``cfg.cpu_plan``).
 
-    A synchronous step runs its phases one after another (generate, reward, reference, train, sync), so the
-    trainer computes alone and may use every core; the replicas of one role compute together and split them.
-    Light roles (reward rules, coordinator) get one thread. ``threads_per_process`` overrides all of this.
+    "phased": a synchronous step runs its phases one after another (generate, reward, reference, train, sync), so
+    the trainer computes alone and may use every core; the replicas of one role compute together and split them.
+    "overlapped": while the trainer trains, the rollout replicas and the reference collect the next steps; the
+    trainer gets half of the cores, the collecting processes split the other half. Light roles (reward rules,
+    coordinator) get one thread. ``threads_per_process`` overrides all of this.
     """
     if cfg.threads_per_process:
         return cfg.threads_per_process
-    if role in COMPUTE_ROLES:
-        return threads.share(cfg.replicas(role))
-    return 1
+    if role not in COMPUTE_ROLES:
+        return 1
+    if cfg.cpu_plan == "overlapped":
+        train_cores = max(1, threads.cpu_count() // 2)
+        if role in ("trainer", "critic"):
+            return max(1, train_cores // (cfg.replicas("trainer") + cfg.replicas("critic")))
+        collecting = cfg.replicas("rollout") + cfg.replicas("reference")
+        return max(1, (threads.cpu_count() - train_cores) // collecting)
+    return threads.share(cfg.replicas(role))
 
 
 def _limits(path) -> tuple[int, int]:

@@ -18,6 +18,7 @@ import torch
 from alignmesh.coordinator.config import JobConfig
 from alignmesh.coordinator.data import Example, PromptSampler, Splits
 from alignmesh.coordinator.flows import sequences
+from alignmesh.coordinator.flows.pipeline import PHASES, Ahead
 from alignmesh.coordinator.handles import ReferencePool, RewardPool, RolloutPool, TrainerHandle
 from alignmesh.coordinator.weights import SyncResult, WeightSync
 
@@ -70,6 +71,7 @@ class FlowContext:
     on_step_end: Callable[[int], Awaitable[None]] | None = None
     phases: dict[str, float] = field(default_factory=dict)
     step_started: float = 0.0
+    trained_cursor: int | None = None  # the sampler's cursor after the prompts of the last step trained
 
     # -- data ---------------------------------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> list[list[int]]:
@@ -107,6 +109,13 @@ class FlowContext:
 
     def sequences(self, prompts: list[list[int]], completions: list[list[int]]) -> sequences.SequenceBatch:
         return sequences.build(prompts, completions, int(self.tokenizer.pad_token_id))
+
+    def rollout_batch(self, prompts: list[list[int]], out, n: int) -> sequences.SequenceBatch:
+        """``n`` samples per prompt as training rows, with the rollout's own log-probabilities in place."""
+        rows = [q for q in prompts for _ in range(n)]
+        batch = self.sequences(rows, self.completions(out.completion_ids, out.lengths))
+        batch.behavior_logprobs = sequences.place(out.logprobs, [len(q) for q in rows], batch.input_ids.shape[1])
+        return batch
 
     async def score(self, examples: list[Example], texts: list[str]) -> torch.Tensor:
         items = [(e.prompt, t, {"answer": e.answer}) for e, t in zip(examples, texts)]
@@ -153,11 +162,14 @@ class FlowContext:
     # -- progress -----------------------------------------------------------------------------------------
     @contextmanager
     def phase(self, name: str):
+        """Time a phase of the current step (inside the experience producer: of the step being collected)."""
+        phases = PHASES.get()
+        phases = self.phases if phases is None else phases
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - start
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
 
     def live(self, knob: str, default: float) -> float:
         """The job's current value of a live knob (changed by UpdateJob), else ``default``."""
@@ -182,6 +194,39 @@ class FlowContext:
             yield step
             if self.on_step_end is not None:
                 await self.on_step_end(step)
+
+    async def experience(self, total: int, collect: Callable[[int], Awaitable[Any]]) -> AsyncIterator[tuple[int, Any]]:
+        """``steps(total)``, each with ``await collect(step)``: with ``max_staleness`` k > 0, ``collect`` runs for
+        up to k later steps while the caller trains this one (``pipeline.Ahead``); with 0, in turn as before."""
+        k = self.config.max_staleness
+        if k == 0:
+            async for step in self.steps(total):
+                item = await collect(step)
+                self.trained_cursor = self.sampler.cursor
+                yield step, item
+            return
+        ahead = Ahead(collect, self.start_step + 1, total, k, self.control, lambda: self.sampler.cursor)
+        try:
+            async for step in self.steps(total):
+                with self.phase("wait"):  # the trainer idles: experience is not ready
+                    got = await ahead.get(step)
+                for name, seconds in got.phases.items():
+                    self.phases[name] = self.phases.get(name, 0.0) + seconds
+                self.trained_cursor = got.cursor
+                yield step, got.item
+                ahead.done(step)
+        finally:
+            await ahead.close()
+
+    def staleness(self, versions: torch.Tensor) -> dict[str, float]:
+        """Version lag of the samples about to be trained: mean and max. More than ``max_staleness`` behind is a
+        broken invariant (the pipeline bounds it): the step is refused rather than trained on."""
+        lag = (self.version - versions).float() if versions.numel() else torch.zeros(1)
+        worst = float(lag.max())
+        if worst > self.config.max_staleness:
+            raise RuntimeError(f"samples {worst:.0f} weight versions behind the trainer exceed max_staleness "
+                               f"{self.config.max_staleness}")
+        return {"version_lag": float(lag.mean()), "version_lag_max": worst}
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         """A step event: the flow's metrics, the time per phase and in total, and the RPC payload of the step."""

@@ -30,3 +30,9 @@ def one_of(where: str, params, name: str, options: tuple[str, ...]) -> None:
     value = getattr(params, name)
     if value not in options:
         raise ConfigError(f"{where}.{name}: must be one of {list(options)}, got {value!r}")
+
+
+def off_policy(where: str, params) -> None:
+    """``off_policy`` / ``is_cap`` of a flow that may run ahead of its trainer (``max_staleness``)."""
+    one_of(where, params, "off_policy", ("none", "tis", "decoupled"))
+    within(where, params, "is_cap", 1.0, 1e6)

@@ -1,12 +1,15 @@
-"""GRPO (Shao et al. 2024): group-normalised outcome advantages, clipped policy gradient, optional KL."""
+"""GRPO (Shao et al. 2024): group-normalised outcome advantages, clipped policy gradient, optional KL.
+
+With ``max_staleness`` k > 0 the experience of later steps is collected while a step trains; samples then come
+from up to k versions back, and ``off_policy`` ("tis" or "decoupled") corrects for it with the rollout's own
+log-probabilities (``losses.behaviour_weights``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from alignmesh.coordinator.algos.advantages import group_normalized_advantages, informative_groups
+from alignmesh.coordinator.flows import checks
 from alignmesh.coordinator.flows.base import FlowContext
 from alignmesh.coordinator.flows.registry import FLOWS
 
@@ -21,6 +24,8 @@ class GRPOParams:
     epochs: int = 1
     micro_batch_size: int = 0
     adv_eps: float = 1e-4
+    off_policy: str = "none"  # none | tis | decoupled
+    is_cap: float = 2.0
 
     def validate(self, where: str) -> None:
         from alignmesh.services.common.errors import ConfigError
@@ -28,45 +33,49 @@ class GRPOParams:
             raise ConfigError(f"{where}.group_size: must be >= 2 to normalise within a group, got {self.group_size}")
         if self.prompts_per_step < 1 or self.learning_rate <= 0 or self.kl_coef < 0 or self.epochs < 1:
             raise ConfigError(f"{where}: prompts_per_step >= 1, learning_rate > 0, kl_coef >= 0, epochs >= 1")
+        checks.off_policy(where, self)
 
 
 @FLOWS.register("grpo")
 class GRPO:
     Params = GRPOParams
+    asynchronous = True  # collect() may run ahead of training (max_staleness)
+
+    async def collect(self, ctx: FlowContext, step: int):
+        """One step's experience: G samples per prompt, rewards, advantages, the informative groups' rows."""
+        p: GRPOParams = ctx.params
+        examples = ctx.sampler.take(p.prompts_per_step)
+        prompts, out, rewards = await ctx.sample(examples, p.group_size, step)
+        grouped = rewards.view(p.prompts_per_step, p.group_size)
+        keep = informative_groups(grouped).repeat_interleave(p.group_size)
+        batch = ctx.rollout_batch(prompts, out, p.group_size).select(keep)
+        advantages = group_normalized_advantages(grouped, p.adv_eps).view(-1)[keep]
+        ref = None
+        if ctx.live("kl_coef", p.kl_coef) > 0 and keep.any():
+            with ctx.phase("reference"):
+                ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask)
+        metrics = {"reward_mean": float(rewards.mean()), "informative_groups": float(keep.sum()) / p.group_size,
+                   "samples": float(out.lengths.numel()), "prompt_crc": ctx.fingerprint(examples),
+                   "completion_tokens": float(out.lengths.sum())}
+        return batch, advantages, ref, out.versions[keep], metrics
 
     async def run(self, ctx: FlowContext) -> None:
         p: GRPOParams = ctx.params
-        async for step in ctx.steps(ctx.config.steps):
-            examples = ctx.sampler.take(p.prompts_per_step)
-            prompts, out, rewards = await ctx.sample(examples, p.group_size, step)
-            grouped = rewards.view(p.prompts_per_step, p.group_size)
-            advantages = group_normalized_advantages(grouped, p.adv_eps).view(-1)
-            keep = informative_groups(grouped).repeat_interleave(p.group_size)
-            batch = ctx.sequences([q for q in prompts for _ in range(p.group_size)],
-                                  ctx.completions(out.completion_ids, out.lengths))
-            metrics = {"reward_mean": float(rewards.mean()), "informative_groups": float(keep.sum()) / p.group_size,
-                       "samples": float(out.lengths.numel()), "prompt_crc": ctx.fingerprint(examples),
-                       "version_lag": float((ctx.version - out.versions).float().mean()),
-                       "completion_tokens": float(out.lengths.sum())}
-            kl_coef = ctx.live("kl_coef", p.kl_coef)
-            if keep.any():
-                batch, adv = batch.select(keep), advantages[keep]
-                ref = None
-                if kl_coef > 0:
-                    with ctx.phase("reference"):
-                        ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask)
+        async for step, (batch, adv, ref, versions, metrics) in ctx.experience(
+                ctx.config.steps, lambda s: self.collect(ctx, s)):
+            metrics.update(ctx.staleness(versions))
+            if adv.numel():
                 with ctx.phase("train"):
                     _, train = await ctx.trainer.train_step(
                         batch.input_ids, batch.attention_mask, batch.loss_mask, adv, ref,
-                        loss=dict(name="policy_gradient", clip_eps=p.clip_eps, kl_coef=kl_coef, epochs=p.epochs,
-                                  micro_batch_size=p.micro_batch_size),
-                        learning_rate=ctx.live("learning_rate", p.learning_rate))
+                        loss=dict(name="policy_gradient", clip_eps=p.clip_eps, kl_coef=ctx.live("kl_coef", p.kl_coef),
+                                  epochs=p.epochs, micro_batch_size=p.micro_batch_size, off_policy=p.off_policy,
+                                  is_cap=p.is_cap),
+                        learning_rate=ctx.live("learning_rate", p.learning_rate),
+                        behavior_logprobs=batch.behavior_logprobs if p.off_policy != "none" else None)
                 with ctx.phase("sync"):
                     synced = await ctx.push_weights()
                 metrics.update(train, sync_bytes=float(synced.bytes), sync_ms=synced.seconds * 1000)
             ctx.report(step, metrics)
             if step % int(ctx.live("eval_every", ctx.config.eval.every)) == 0 and step < ctx.config.steps:
                 ctx.report_eval(step, {"accuracy": await ctx.evaluate()})
-
-
-__all__ = ["GRPO", "GRPOParams", "torch"]

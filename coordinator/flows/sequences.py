@@ -12,9 +12,11 @@ class SequenceBatch:
     input_ids: torch.Tensor  # int64 [B, T], right padded
     attention_mask: torch.Tensor  # int64 [B, T]
     loss_mask: torch.Tensor  # float32 [B, T]: 1 on completion tokens
+    behavior_logprobs: torch.Tensor | None = None  # float32 [B, T]: the rollout's own, where it sampled
 
     def select(self, index: torch.Tensor) -> "SequenceBatch":
-        return SequenceBatch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index])
+        behavior = None if self.behavior_logprobs is None else self.behavior_logprobs[index]
+        return SequenceBatch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index], behavior)
 
 
 def build(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> SequenceBatch:

@@ -179,8 +179,12 @@ class ClusterConfig:
     # "default" = the embedded tiny model, created locally on first use; else a local HF model directory.
     model: str = DEFAULT_MODEL
     host: str = "127.0.0.1"
-    # Torch/OpenMP threads per service process; None = an equal share of the cores.
+    # Torch/OpenMP threads per service process; None = a share of the cores by ``cpu_plan``.
     threads_per_process: int | None = None
+    # How the cores are shared when roles share a host: "phased" (a synchronous step runs its phases in turn, so
+    # the trainer and the reference each get every core and the replicas of a role split them) or "overlapped"
+    # (asynchronous jobs, max_staleness > 0: the trainer gets half of the cores and the collecting roles the rest).
+    cpu_plan: str = "phased"
     # First port of the local cluster; 0 = free ports chosen at start.
     base_port: int = 0
     cache_dir: str = "~/.cache/alignmesh"
@@ -198,6 +202,8 @@ class ClusterConfig:
     def validate(self, where: str) -> None:
         if self.threads_per_process is not None:
             _positive(where, "threads_per_process", self.threads_per_process)
+        if self.cpu_plan not in ("phased", "overlapped"):
+            raise ConfigError(f"{_join_key(where, 'cpu_plan')}: must be phased or overlapped, got {self.cpu_plan!r}")
         for role in ("rollout", "reference"):  # the weight channel joins the trainer with these in one group
             device = getattr(self, role).device
             if _device_kind(device) != _device_kind(self.trainer.device):
