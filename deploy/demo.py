@@ -11,7 +11,6 @@ import yaml
 from alignmesh.clients.client import Client
 from alignmesh.clients.progress import print_events, total_steps
 from alignmesh.deploy.local import LocalCluster
-from alignmesh.services.common import threads
 from alignmesh.services.common.settings import ClusterConfig, load_cluster_config
 
 DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "grpo_addition.yaml"
@@ -58,9 +57,6 @@ def run_demo(config: str | None, job_config: str | None, out: str) -> int:
     spec = yaml.safe_load(text) or {}
     if not config:
         cfg.rollout.replicas = 2
-        if spec.get("max_staleness"):  # the roles overlap: the trainer gets half of the cores, collecting the rest
-            cfg.cpu_plan = "overlapped"
-            cfg.rollout.replicas = max(1, threads.cpu_count() // 4)
         if spec.get("algorithm") in NEEDS_CRITIC:
             cfg.critic.replicas = 1
     cfg.coordinator.runs_dir = out
