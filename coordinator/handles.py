@@ -21,7 +21,7 @@ from alignmesh.protos.reference.v1 import reference_pb2_grpc
 from alignmesh.protos.reward.v1 import reward_pb2_grpc
 from alignmesh.protos.rollout.v1 import rollout_pb2_grpc
 from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from alignmesh.services.common.errors import Aborted
+from alignmesh.services.common.errors import Aborted, Unavailable
 from alignmesh.services.common.server import GRPC_OPTIONS, channel_credentials
 from alignmesh.services.common.settings import SecurityConfig
 
@@ -204,6 +204,17 @@ class ReferencePool(Pool):
             log.info("reference replica %d (%s) is back; re-admitted with %s (version %d)", ep.replica,
                      ep.address, *self.source)
 
+    async def hold_back_strays(self) -> None:
+        """A replica that does not serve ``source``'s version (restarted while no coordinator watched it) is
+        marked down, so that it loads the reference weights before it serves (``readmit``)."""
+        for ep in self.eps:
+            try:
+                served = (await self._timed(ep, "GetWeightVersion", weights_pb2.GetWeightVersionRequest(), 10)).version
+            except grpc.aio.AioRpcError:
+                served = -1
+            if self.source is None or served != self.source[1]:
+                ep.healthy = False
+
     async def logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         await self.readmit()
         chunks = _split(ids.shape[0], len(self.healthy()))
@@ -212,7 +223,21 @@ class ReferencePool(Pool):
         return torch.cat([convert.logprobs_from_proto(p) for p in parts])
 
 
+class TrainerUnavailable(Unavailable):
+    """The trainer (or critic) stopped answering: the job waits for it to come back and resumes from its last
+    checkpoint (``jobs.JobManager``)."""
+
+
 class TrainerHandle(Pool):
+    async def call(self, method: str, request, first: int = 0, timeout_s: float | None = None):
+        try:
+            return await super().call(method, request, first, timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRYABLE:
+                raise
+            raise TrainerUnavailable(f"{self.eps[0].role} at {self.eps[0].address}: {method} failed "
+                                     f"{exc.code().name} after {self.retries} retries: {exc.details()}") from exc
+
     async def train_step(self, ids, mask, loss_mask, advantages=None, ref_logprobs=None, loss: dict | None = None,
                          learning_rate: float | None = None, returns=None, old_values=None,
                          behavior_logprobs=None) -> tuple[int, dict[str, float]]:

@@ -13,6 +13,7 @@ from alignmesh.coordinator import metrics as cmetrics
 from alignmesh.coordinator.config import JobConfig, parse_job_config
 from alignmesh.coordinator.flows.base import KNOBS, Control
 from alignmesh.coordinator.flows.registry import FLOWS, resolve
+from alignmesh.coordinator.handles import TrainerUnavailable, endpoints, probe
 from alignmesh.coordinator.runner import run_job
 from alignmesh.coordinator.store import FINAL, STATES, Event, JobRecord, JobStore, StoreFault
 from alignmesh.services.common.config import dump_yaml, from_dict
@@ -190,7 +191,8 @@ class JobManager:
         self.store.update(job_id, state=state, started_at=rec.started_at or time.time())
         self.emit(job_id, "state", {"state": state})
         try:
-            await run_job(self, self.get(job_id), control)
+            while not await self._run_outlasting_trainer(job_id, control):
+                pass
         except (asyncio.CancelledError, StoreFault):
             raise
         except Exception as exc:  # the job fails, the coordinator keeps serving
@@ -201,6 +203,37 @@ class JobManager:
                 self._finish(job_id, "failed", f"{type(exc).__name__}: {exc}")
         else:
             self._finish(job_id, "cancelled" if control.cancel.is_set() else "succeeded", "")
+
+    async def _run_outlasting_trainer(self, job_id: str, control: Control) -> bool:
+        """Run the job; True when it ended. A lost trainer (or critic) is waited for and the job resumes from its
+        last checkpoint (False: run it again), as after a coordinator restart; past the wait, TrainerUnavailable."""
+        try:
+            await run_job(self, self.get(job_id), control)
+            return True
+        except TrainerUnavailable as exc:
+            if control.cancel.is_set():
+                return True
+            wait_s = self.cluster.coordinator.trainer_recovery_s
+            self.emit(job_id, "log", {"message": f"trainer lost ({exc}); waiting up to {wait_s:.0f}s for it to "
+                                                 f"come back"})
+            if not await self._trainer_back(wait_s, control):
+                raise
+            self.emit(job_id, "log", {"message": "trainer is back; resuming from the last checkpoint"})
+            return False
+
+    async def _trainer_back(self, wait_s: float, control: Control) -> bool:
+        """Wait until every trainer and critic endpoint answers its health check (or the job is cancelled)."""
+        addresses = self.cluster.endpoints["trainer"] + self.cluster.endpoints.get("critic", [])
+        eps = endpoints("trainer", addresses, self.cluster.security, lambda channel: None)
+        deadline = time.monotonic() + wait_s
+        try:
+            while time.monotonic() < deadline and not control.cancel.is_set():
+                if all([await probe(ep) for ep in eps]):
+                    return True
+                await asyncio.sleep(0.5)
+            return False
+        finally:
+            await asyncio.gather(*(ep.channel.close() for ep in eps))
 
     async def _outlast(self, job_id: str, exc: StoreFault) -> None:
         """The job database failed under a job (disk full, a lock held elsewhere): NOT_SERVING, with the error in

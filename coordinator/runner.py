@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
+
 from alignmesh.coordinator.artifacts import RunDir
 from alignmesh.coordinator.config import JobConfig, parse_job_config
 from alignmesh.coordinator.data import PromptSampler, Splits, addition_splits, load_hf_disk, load_jsonl
@@ -46,8 +48,14 @@ async def _start_version(ctx: FlowContext) -> int:
     versions = [(await ctx.trainer.state()).weight_version]
     for pool in (ctx.rollout, ctx.reference):
         for ep in pool.healthy():
-            v = await ep.stub.GetWeightVersion(weights_pb2.GetWeightVersionRequest(), timeout=30,
-                                               metadata=ep.metadata)
+            try:
+                v = await ep.stub.GetWeightVersion(weights_pb2.GetWeightVersionRequest(), timeout=30,
+                                                   metadata=ep.metadata)
+            except grpc.aio.AioRpcError as exc:  # down: it is re-admitted (and brought up to date) later
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                ep.healthy = False
+                continue
             versions.append(v.version)
     return max(versions)
 
@@ -121,6 +129,7 @@ async def _prepare(ctx: FlowContext, ckpt: Checkpointer, run_dir: str, model_pat
         await ckpt.restore(state, run_dir)
         if ctx.reference.source is None:  # no warm start: the reference kept the job's initial model
             ctx.reference.source = (ctx.config.init or model_path, ctx.version)
+        await ctx.reference.hold_back_strays()
         return
     await _load(ctx, ctx.config.init or model_path)  # every job starts from its initial model on every role
     if ctx.critic is not None:  # the critic restarts from the same backbone with a fresh head

@@ -15,7 +15,7 @@ import grpc
 import torch.distributed as dist
 
 from alignmesh.coordinator import convert
-from alignmesh.coordinator.handles import Endpoint, Pool, TrainerHandle, probe
+from alignmesh.coordinator.handles import Endpoint, Pool, TrainerHandle, TrainerUnavailable, probe
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2
 from alignmesh.services.common.errors import Aborted, Unavailable
@@ -90,6 +90,9 @@ class WeightSync:
             result = await self._push_to(name, members, version)
             readmit = members
         except Aborted as err:
+            if not await probe(self.trainer.eps[0]):
+                raise TrainerUnavailable(f"the trainer at {self.trainer.eps[0].address} stopped answering during "
+                                         f"the push of version {version}: {err}") from err
             alive = [ep for ep in members if await probe(ep)]
             if len(alive) == len(members) or not alive:
                 raise

@@ -5,6 +5,7 @@ crashing (more than ``max_restarts`` times within ``window_s``) is a crash loop,
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from typing import Callable
 
@@ -21,10 +22,12 @@ class Supervisor:
         self.cluster, self.max_restarts, self.window_s = cluster, max_restarts, window_s
         self.backoff_s, self.max_backoff_s, self.say = backoff_s, max_backoff_s, say
         self.crashes: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self.stopped = threading.Event()  # set to end ``run`` (from another thread)
+        self.restarts = 0
 
     def run(self, poll_s: float = 0.5) -> None:
-        """Watch until interrupted; raises CrashLoop."""
-        while True:
+        """Watch until interrupted or ``stopped``; raises CrashLoop."""
+        while not self.stopped.is_set():
             for i, proc in enumerate(list(self.cluster._procs)):
                 if proc.poll() is not None:
                     self._revive(i, proc.returncode)
@@ -48,4 +51,5 @@ class Supervisor:
         except RuntimeError as exc:  # died again while starting: seen and counted on the next pass
             self.say(f"{m.name}: {exc}")
             return
+        self.restarts += 1
         self.say(f"{m.name} is back (pid {self.cluster._procs[i].pid})")

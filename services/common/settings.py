@@ -168,10 +168,16 @@ class CoordinatorConfig:
     # directories / module prefixes: a job is data, the code it runs is the operator's choice.
     flow_dirs: list[str] = field(default_factory=lambda: [str(EXAMPLE_FLOWS)])
     flow_modules: list[str] = field(default_factory=list)
+    # A job whose trainer (or critic) stops answering waits this long for it to come back (restarted by the
+    # launcher's supervision or the compose restart policy), then resumes from its last checkpoint; else it fails.
+    trainer_recovery_s: float = 300.0
 
     def validate(self, where: str) -> None:
         _positive(where, "rpc_timeout_s", self.rpc_timeout_s)
         _positive(where, "sync_timeout_s", self.sync_timeout_s)
+        if not self.trainer_recovery_s >= 0:
+            raise ConfigError(f"{_join_key(where, 'trainer_recovery_s')}: must be >= 0 (0: fail the job at once), "
+                              f"got {self.trainer_recovery_s}")
 
 
 @dataclass

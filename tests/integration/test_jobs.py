@@ -40,8 +40,9 @@ def digits(prompt, completion, metadata):
 def start_cluster(tmp, model_dir, **roles) -> LocalCluster:
     """A local cluster whose reward service knows the ``digits`` rule."""
     (tmp / "rules.py").write_text(DIGITS_RULE)
-    rules = {"functions": {"digits": f"{tmp / 'rules.py'}:digits"}}
-    cfg = load_cluster_config(cluster_yaml(tmp, model_dir, reward=rules, **roles))
+    reward = {**roles.pop("reward", {}), "functions": {"digits": f"{tmp / 'rules.py'}:digits"}}
+    coordinator = {"runs_dir": str(tmp / "runs"), **roles.pop("coordinator", {})}
+    cfg = load_cluster_config(cluster_yaml(tmp, model_dir, reward=reward, coordinator=coordinator, **roles))
     c = LocalCluster(cfg)
     c.start(timeout_s=150)
     return c
