@@ -22,7 +22,7 @@ from alignmesh.protos.reward.v1 import reward_pb2_grpc
 from alignmesh.protos.rollout.v1 import rollout_pb2_grpc
 from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from alignmesh.services.common.errors import Aborted, Unavailable
-from alignmesh.services.common.server import GRPC_OPTIONS, channel_credentials
+from alignmesh.services.common.server import channel_credentials, grpc_options
 from alignmesh.services.common.settings import SecurityConfig
 
 log = logging.getLogger("alignmesh.handles")
@@ -51,15 +51,15 @@ async def probe(ep: Endpoint, timeout_s: float = 2.0) -> bool:
 
 
 # A replica that comes back is noticed within ~2 s instead of gRPC's default backoff of up to 2 minutes.
-CHANNEL_OPTIONS = GRPC_OPTIONS + [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
-                                  ("grpc.max_reconnect_backoff_ms", 2000)]
+RECONNECT = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+             ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 def open_channel(address: str, security: SecurityConfig) -> grpc.aio.Channel:
-    creds = channel_credentials(security)
+    creds, options = channel_credentials(security), grpc_options(security) + RECONNECT
     if creds is not None:
-        return grpc.aio.secure_channel(address, creds, options=CHANNEL_OPTIONS)
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.aio.secure_channel(address, creds, options=options)
+    return grpc.aio.insecure_channel(address, options=options)
 
 
 def endpoints(role: str, addresses: list[str], security: SecurityConfig, stub_cls) -> list[Endpoint]:

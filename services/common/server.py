@@ -21,13 +21,12 @@ from alignmesh.services.common.settings import SecurityConfig
 
 log = logging.getLogger("alignmesh.server")
 
-# Experience and generation batches can exceed gRPC's 4 MB default; raised deliberately.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.so_reuseport", 0),
-]
+def grpc_options(security: SecurityConfig) -> list[tuple[str, int]]:
+    """Server and channel options. Experience and generation batches can exceed gRPC's 4 MB default: the cap is
+    ``security.max_message_mb`` (256 by default), both ways; a larger message is RESOURCE_EXHAUSTED."""
+    limit = int(security.max_message_mb * 1024 * 1024)
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+            ("grpc.so_reuseport", 0)]
 
 
 @dataclass
@@ -81,7 +80,7 @@ def build_server(spec: ServeSpec) -> grpc.aio.Server:
     if token:
         interceptors.append(TokenAuthInterceptor(token))
     interceptors.append(ErrorInterceptor())
-    return grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
+    return grpc.aio.server(interceptors=interceptors, options=grpc_options(spec.security))
 
 
 def _health_reporter(role: str, health, names: Sequence[str]) -> Callable[[bool], None]:

@@ -38,8 +38,12 @@ class SecurityConfig:
     # Directories that paths in requests and jobs (checkpoints, init models, datasets) may point into, besides
     # the runs directory, the model directory and the cache directory.
     path_roots: list[str] = field(default_factory=list)
+    # The largest gRPC message a service accepts or sends (MiB); a larger one is RESOURCE_EXHAUSTED.
+    max_message_mb: float = 256.0
 
     def validate(self, where: str) -> None:
+        if not 1 <= self.max_message_mb <= 2047:  # gRPC's limits are 32-bit byte counts
+            raise ConfigError(f"{where}.max_message_mb: must be in [1, 2047], got {self.max_message_mb}")
         if self.token is not None and self.token_file is not None:
             raise ConfigError(f"{where}.token_file: set token or token_file, not both")
         if self.token is not None and len(self.token) < 16:

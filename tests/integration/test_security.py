@@ -73,3 +73,26 @@ def test_refusals(secure):
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert health_ok(address, security=cluster.cfg.security)  # health needs no token
     assert not health_ok(address)  # but it does need TLS
+
+
+def test_the_message_cap_is_configurable_and_refuses_larger_requests(tiny_model_dir, tmp_path):
+    """``security.max_message_mb: 1``: a 2 MB Score request is RESOURCE_EXHAUSTED; a small one is served."""
+    from alignmesh.protos.reward.v1 import reward_pb2, reward_pb2_grpc
+
+    from helpers import serve
+
+    config = cluster_yaml(tmp_path, tiny_model_dir, security={"max_message_mb": 1})
+    proc, address, _ = serve("reward", config, tmp_path / "reward.log")
+    try:
+        with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 8 << 20)]) as ch:
+            stub = reward_pb2_grpc.RewardServiceStub(ch)
+            small = reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(prompt="1+1=", completion="2")])
+            assert stub.Score(small, timeout=10).scores.shape == [1]
+            big = reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(prompt="1+1=", completion="2" * (2 << 20))])
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Score(big, timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert health_ok(address)
+    finally:
+        proc.terminate()
+        proc.wait(15)
