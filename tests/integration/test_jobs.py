@@ -94,8 +94,6 @@ def test_watch_pause_update_resume_cancel(cluster):
         assert client.pause(j.id).state == "paused"
         held = wait_until_held(client, j.id)
         assert client.get(j.id).step == held
-        time.sleep(1.5)
-        assert client.get(j.id).step == held
         with pytest.raises(grpc.RpcError) as err:
             client.update(j.id, learning_rate=-1.0)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "knobs.learning_rate" in err.value.details()
@@ -106,6 +104,11 @@ def test_watch_pause_update_resume_cancel(cluster):
         client.update(j.id, learning_rate=5e-5, temperature=0.9)
         assert client.resume(j.id).state == "running"
         wait_for_step(client, j.id, held + 2)
+        events = client.events(j.id)  # no step ran between the pause taking hold and the resume (no sleep needed)
+        hold_at = next(i for i, e in enumerate(events) if e.kind == "log" and e.message.startswith("paused after"))
+        resume_at = next(i for i, e in enumerate(events) if i > hold_at and e.kind == "state" and e.state == "running")
+        assert not [e for e in events[hold_at:resume_at] if e.kind == "step"]
+        assert [e.step for e in events[resume_at:] if e.kind == "step"][0] == held + 1
         steps = main_steps(client, j.id)
         assert steps[held]["lr"] == pytest.approx(1e-4) and steps[held + 2]["lr"] == pytest.approx(5e-5)
         assert any(e.kind == "update" and e.metrics["learning_rate"] == 5e-5 for e in client.events(j.id))
