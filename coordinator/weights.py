@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,6 +42,19 @@ class CommitFailed(Aborted):
         self.result = result
 
 
+def listening_store(host: str, timeout_s: float) -> tuple[dist.TCPStore, socket.socket]:
+    """The rendezvous store of the sync groups, listening on ``host`` only (torch's own server listens on every
+    interface): the socket is bound here and handed to the store. Keep the socket alive as long as the store."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(addr)
+    listener.listen(512)
+    store = dist.TCPStore(host, listener.getsockname()[1], None, True, dt.timedelta(seconds=timeout_s),
+                          wait_for_workers=False, master_listen_fd=listener.fileno())
+    return store, listener
+
+
 class WeightSync:
     """One sync group per named target set (e.g. "rollout", "reference"), each trainer rank 0 + receivers."""
 
@@ -48,8 +62,7 @@ class WeightSync:
                  backend: str = "auto"):
         self.trainer, self.store_host = trainer, store_host
         self.bucket_bytes, self.timeout_s, self.backend = bucket_bytes, timeout_s, backend
-        self._store = dist.TCPStore(store_host, 0, None, True, dt.timedelta(seconds=timeout_s),
-                                    wait_for_workers=False)
+        self._store, self._listener = listening_store(store_host, timeout_s)
         self._groups: dict[str, tuple[str, tuple[str, ...]]] = {}  # name -> (group id, member addresses)
         self._manifest: weights_pb2.WeightManifest | None = None
 
