@@ -114,8 +114,9 @@ class JobConfig:
     reward_fn: str = ""
     # Initial model of every role for this job (a local HF directory); empty = the cluster's model.
     init: str = ""
-    # Save a resumable checkpoint (trainer state + data cursor) every N steps of the main stage; 0 = only at the end.
-    checkpoint_every: int = 0
+    # Save a resumable checkpoint (trainer state + data cursor) every N steps of the main stage, so that a restarted
+    # coordinator or trainer resumes there (the last 2 are kept); 0 = only the final model at the end.
+    checkpoint_every: int = 50
     # Also write the metrics as TensorBoard event files under runs/<job>/tensorboard (the tensorboard extra).
     tensorboard: bool = False
     # Asynchronous training: collect experience for up to this many steps ahead of the step being trained, so no
