@@ -40,10 +40,15 @@ def test_checksum_detects_one_flipped_bit_and_a_swap():
     assert bk.checksum(flat.clone()) == base
 
 
-def test_checksum_known_values_cpu_crc32_and_device_sums():
-    import zlib
+def test_checksum_known_values_cpu_xxh3_and_device_sums():
+    import xxhash
 
-    assert bk.checksum(torch.tensor([1, 2, 3], dtype=torch.uint8)) == (zlib.crc32(b"\x01\x02\x03"), 3)
+    # XXH3_64 of no bytes is 0x2D06800538D394C2 (the xxHash specification's test vector); fits an int64 as is
+    assert bk.checksum(torch.zeros(0, dtype=torch.uint8)) == (0x2D06800538D394C2, 0)
+    digest = xxhash.xxh3_64_intdigest(b"\x01\x02\x03")
+    signed = digest - (1 << 64) if digest >= 1 << 63 else digest
+    assert bk.checksum(torch.tensor([1, 2, 3], dtype=torch.uint8)) == (signed, 3)
+    assert all(-(1 << 63) <= bk.checksum(torch.randn(n))[0] < 1 << 63 for n in range(1, 40))  # an int64 header
     assert bk.checksum(torch.ones(2, dtype=torch.bfloat16))[1] == 4
     assert bk.device_checksum(torch.tensor([1, 2, 3], dtype=torch.uint8)) == (0x030201, 0x030201)
     # words 1 and 2 at positions 0 and 1: s1 = 3, s2 = 1*1 + 2*2 = 5
