@@ -32,18 +32,44 @@ def _client(args):
                   private_key=read(args.tls_key), certificate_chain=read(args.tls_cert))
 
 
-def _submit(args) -> int:
-    path = Path(args.job_config)
+def _read_job(path_text: str):
+    """The job file's text and its config, checked here first: a missing file, YAML syntax (line and column) and
+    the schema (unknown keys, types, values: the coordinator's own rules) fail before anything is sent."""
+    from alignmesh.coordinator.config import parse_job_config
+
+    path = Path(path_text)
     if not path.is_file():
         raise ConfigError(f"job config {path}: no such file")
+    text = path.read_text()
+    try:
+        return text, parse_job_config(text, str(path))
+    except ConfigError as exc:
+        raise BadConfig(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
+
+
+class BadConfig(ConfigError):
+    """A job config that the schema refuses (exit code 3, as when the coordinator refuses it)."""
+
+
+def _submit(args) -> int:
+    text, _ = _read_job(args.job_config)
     with _client(args) as c:
-        job = c.submit(path, name=args.name)
+        job = c.submit(text, name=args.name)
         print(job.id)
         if args.watch:
             from alignmesh.clients.progress import print_events, total_steps
 
             print_events(c.watch(job.id), total=total_steps(job.config_yaml))
             return 0 if c.get(job.id).state == "succeeded" else 1
+    return 0
+
+
+def _validate(args) -> int:
+    """Offline: YAML and the schema. ``alignmesh validate`` on a server install also checks the params
+    (``alignmesh.deploy.cli``: the flows live with the server)."""
+    _read_job(args.job_config)
+    print(f"{args.job_config}: valid (YAML, schema); params not checked here (install alignmesh[server] to check "
+          f"them offline)")
     return 0
 
 
@@ -124,6 +150,7 @@ def _logs(args) -> int:
 
 JOB_VERBS = (
     ("submit", _submit, "submit a job config (YAML) to the coordinator"),
+    ("validate", _validate, "check a job config offline (YAML, schema, and params with the server installed)"),
     ("jobs", _jobs, "list jobs"),
     ("watch", _watch, "stream a job's progress until it ends"),
     ("logs", _logs, "a job's log, state and checkpoint events"),
@@ -150,6 +177,8 @@ def add_job_verbs(sub) -> None:
         if name == "logs":
             s.add_argument("--output", "-o", choices=("text", "json"), default="text",
                            help="json: every event as one JSON object per line")
+        if name == "validate":
+            s.add_argument("job_config", help="job YAML file")
         if name == "submit":
             s.add_argument("job_config", help="job YAML file")
             s.add_argument("--name", default="")
@@ -207,6 +236,11 @@ def run(args: argparse.Namespace) -> int:
         line, code = _rpc_error(args, exc)
         print(f"alignmesh: error: {line}", file=sys.stderr)
         return code
+    except BadConfig as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"alignmesh: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     except (ConfigError, AlignmeshError, OSError, RuntimeError, TimeoutError) as exc:
         if getattr(args, "debug", False):
             raise

@@ -31,13 +31,17 @@ class DatasetConfig:
                f"must be addition, jsonl or datasets, got {self.kind!r}")
         if self.kind == "jsonl":
             _check(bool(self.train), f"{where}.train", "a JSONL file is required for kind jsonl")
-            for key in ("train", "test"):
-                value = getattr(self, key)
-                if value:
-                    _check(Path(value).expanduser().is_file(), f"{where}.{key}", f"file {value} not found")
         if self.kind == "datasets":
-            _check(bool(self.path) and Path(self.path).expanduser().exists(), f"{where}.path",
-                   f"a datasets directory is required for kind datasets (got {self.path!r})")
+            _check(bool(self.path), f"{where}.path", "a datasets directory is required for kind datasets")
+
+    def check_files(self, where: str) -> None:
+        """The files it names exist (on the coordinator's machine: run there, not by a client)."""
+        for key in ("train", "test") if self.kind == "jsonl" else ():
+            value = getattr(self, key)
+            if value:
+                _check(Path(value).expanduser().is_file(), f"{where}.{key}", f"file {value} not found")
+        if self.kind == "datasets":
+            _check(Path(str(self.path)).expanduser().exists(), f"{where}.path", f"directory {self.path} not found")
 
 
 @dataclass
@@ -124,19 +128,26 @@ class JobConfig:
     max_staleness: int = 0
 
     def validate(self, where: str) -> None:
+        """The schema: types (by ``from_dict``) and values. The same on a client (``alignmesh validate``, before a
+        submit) and on the coordinator; what the coordinator's machine must have is ``check_environment``."""
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        _check(0 <= self.max_staleness <= MAX_STALENESS, "max_staleness",
+               f"must be in [0, {MAX_STALENESS}] (0: synchronous), got {self.max_staleness}")
+
+    def check_environment(self) -> None:
+        """What the coordinator's machine must provide: the files the job names, the packages it asks for."""
+        self.dataset.check_files("dataset")
         if self.tensorboard:
             import importlib.util
 
             _check(importlib.util.find_spec("tensorboard") is not None, "tensorboard",
                    "needs the tensorboard package on the coordinator: pip install 'alignmesh[tensorboard]'")
-        _check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
-        _check(0 <= self.max_staleness <= MAX_STALENESS, "max_staleness",
-               f"must be in [0, {MAX_STALENESS}] (0: synchronous), got {self.max_staleness}")
         if self.init:
             _check((Path(self.init).expanduser() / "config.json").is_file(), "init",
                    f"{self.init} is not a model directory (no config.json)")
 
 
-def parse_job_config(text: str) -> JobConfig:
-    return from_dict(JobConfig, parse_yaml(text, "job config"), "")
+def parse_job_config(text: str, source: str = "job config") -> JobConfig:
+    """Parse and check the schema; errors name ``source`` (with line and column for YAML syntax) or the field."""
+    return from_dict(JobConfig, parse_yaml(text, source), "")

@@ -37,6 +37,7 @@ def validate(text: str, cluster: ClusterConfig) -> JobConfig:
                          ("dataset.path", cfg.dataset.path), ("params.pairs", getattr(params, "pairs", None))):
         if value:
             paths.check(field, value)
+    cfg.check_environment()  # after the confinement: a job learns nothing of files outside the allowed places
     return cfg
 
 

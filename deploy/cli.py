@@ -133,10 +133,34 @@ def add_server_verbs(sub) -> None:
     s.set_defaults(fn=_init_model, server=True)
 
 
+def _validate(args) -> int:
+    """``alignmesh validate``: YAML and schema (as the client does), and with the server side installed the
+    params of a built-in algorithm too."""
+    try:
+        from alignmesh.coordinator.flows.registry import FLOWS
+    except ImportError:  # a client-only install
+        return job_cli._validate(args)
+    from alignmesh.services.common.config import from_dict
+    from alignmesh.services.common.errors import ConfigError
+
+    _, cfg = job_cli._read_job(args.job_config)
+    if cfg.algorithm not in FLOWS:
+        print(f"{args.job_config}: valid (YAML, schema); the params of {cfg.algorithm!r} are checked by the "
+              f"coordinator that may load it")
+        return 0
+    try:
+        from_dict(FLOWS.get(cfg.algorithm).Params, cfg.params, "params")
+    except ConfigError as exc:
+        raise job_cli.BadConfig(f"{args.job_config}: {exc}") from None
+    print(f"{args.job_config}: valid (YAML, schema, {cfg.algorithm} params)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alignmesh", description="LLM alignment training as a gRPC cluster of roles")
     sub = p.add_subparsers(dest="cmd", required=True)
     job_cli.add_job_verbs(sub)
+    sub.choices["validate"].set_defaults(fn=_validate)
     add_server_verbs(sub)
     return p
 

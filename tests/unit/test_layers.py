@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("protos", "services", "coordinator", "clients", "deploy")
 ROLES = ("rollout", "reward", "reference", "trainer")
 CORE = {"alignmesh.services.common.errors", "alignmesh.services.common.config", "alignmesh.services.common.settings",
-        "alignmesh.services.common.registry"}
+        "alignmesh.services.common.registry",
+        # the job schema: one definition, checked by the client before a submit and by the coordinator
+        "alignmesh.coordinator", "alignmesh.coordinator.config"}
 CLIENT_THIRD_PARTY = {"grpc", "google", "yaml"}
 
 

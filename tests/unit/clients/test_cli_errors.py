@@ -34,3 +34,39 @@ def test_a_missing_config_file_is_named(tmp_path):
     out = cli("submit", "nonexist.yaml", "--coordinator", f"127.0.0.1:{dead_port()}", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip() == "alignmesh: error: job config nonexist.yaml: no such file"
+
+
+def test_a_bad_config_is_refused_before_anything_is_sent(tmp_path):
+    """YAML syntax with its position, unknown keys and bad values by the coordinator's own schema: exit 3, no RPC
+    (the address answers nothing, so reaching it would be exit 4)."""
+    address = f"127.0.0.1:{dead_port()}"
+    cases = {"syntax.yaml": ("steps: 3\nparams: {a: 1\n", "syntax.yaml: line 3 column 1 malformed YAML"),
+             "unknown.yaml": ("steps: 3\nstepz: 4\n", "unknown key 'stepz'"),
+             "negative.yaml": ("steps: -3\n", "steps: must be >= 0, got -3"),
+             "type.yaml": ("steps: many\n", "steps")}
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        out = cli("submit", name, "--coordinator", address, cwd=tmp_path)
+        assert out.returncode == 3, (name, out.stderr)
+        line = out.stderr.strip()
+        assert line.startswith(f"alignmesh: error: {name}") and expected in line and "\n" not in line, line
+
+
+def alignmesh(*args, cwd):
+    """The full entry point (server side installed here)."""
+    return subprocess.run([sys.executable, "-m", "alignmesh.deploy.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=60, env={"HOME": str(cwd), "PATH": "/usr/bin:/bin"})
+
+
+def test_validate_checks_offline_and_says_what_it_checked(tmp_path):
+    (tmp_path / "ok.yaml").write_text("algorithm: grpo\nsteps: 3\nmax_staleness: 1\nparams: {group_size: 4}\n")
+    out = alignmesh("validate", "ok.yaml", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok.yaml: valid (YAML, schema, grpo params)", out
+    out = cli("validate", "ok.yaml", cwd=tmp_path)  # the client's verbs alone: no flows to check params with
+    assert out.returncode == 0 and out.stdout.startswith("ok.yaml: valid (YAML, schema); params not checked")
+    (tmp_path / "params.yaml").write_text("algorithm: grpo\nparams: {group_size: 1}\n")
+    out = alignmesh("validate", "params.yaml", cwd=tmp_path)
+    assert out.returncode == 3 and "params.group_size: must be >= 2" in out.stderr
+    (tmp_path / "stale.yaml").write_text("max_staleness: 99\n")
+    out = cli("validate", "stale.yaml", cwd=tmp_path)
+    assert out.returncode == 3 and "max_staleness: must be in [0, 16]" in out.stderr

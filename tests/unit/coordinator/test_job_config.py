@@ -15,7 +15,6 @@ CLUSTER = ClusterConfig()
     ("params:\n  learning_rate: -1\n", r"params: prompts_per_step >= 1, learning_rate > 0"),
     ("params:\n  group_size: 1\n", r"params.group_size: must be >= 2"),
     ("params:\n  group_sise: 4\n", r"unknown key 'params.group_sise'"),
-    ("dataset:\n  kind: jsonl\n  train: /nope/train.jsonl\n", r"dataset.train: file /nope/train.jsonl not found"),
     ("warm_start:\n  learning_rate: 0\n", r"warm_start.learning_rate: must be > 0"),
     ("steps: -3\n", r"steps: must be >= 0"),
     ("sync:\n  backend: mpi\n", r"sync.backend: must be auto, gloo or nccl"),
@@ -73,3 +72,12 @@ def test_a_job_cannot_run_code_from_outside_the_allowed_places(tmp_path, where):
     with pytest.raises(PermissionDenied, match=r"module 'os' is not one this cluster allows .*flow_modules"):
         validate("algorithm: os:system\n", cluster)
     assert not (outside / "imported").exists()
+
+
+def test_a_missing_dataset_file_is_named_and_one_outside_the_roots_is_not_even_looked_for(tmp_path):
+    cluster = ClusterConfig()
+    cluster.security.path_roots = [str(tmp_path)]
+    with pytest.raises(ConfigError, match=f"dataset.train: file {tmp_path}/train.jsonl not found"):
+        validate(f"dataset:\n  kind: jsonl\n  train: {tmp_path}/train.jsonl\n", cluster)
+    with pytest.raises(PermissionDenied, match="dataset.train"):  # confinement first: existence is not revealed
+        validate("dataset:\n  kind: jsonl\n  train: /nope/train.jsonl\n", cluster)
