@@ -6,7 +6,7 @@ and ``alignmesh.clients`` are its top-level folders.
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "__version__"]
+__all__ = ["Client", "errors", "__version__"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from alignmesh.clients.client import Client
 
         return Client
+    if name == "errors":
+        from alignmesh.clients import errors
+
+        return errors
     raise AttributeError(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Iterator
 import grpc
 import yaml
 
+from alignmesh.clients import errors
+from alignmesh.clients.errors import JobFailed
 from alignmesh.protos.coordinator.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 STATES = {coordinator_pb2.JOB_STATE_QUEUED: "queued", coordinator_pb2.JOB_STATE_RUNNING: "running",
@@ -20,8 +23,25 @@ FINAL = ("succeeded", "failed", "cancelled")
 SAFE_RETRY = (grpc.StatusCode.UNAVAILABLE,)
 
 
-class JobFailed(RuntimeError):
-    pass
+def _typed(method):
+    """Turn a gRPC failure of a client call into its ``alignmesh.errors`` class (the status kept)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except grpc.RpcError as exc:
+            raise errors.typed(exc, self.address) from exc
+    return call
+
+
+def _typed_stream(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            yield from method(self, *args, **kwargs)
+        except grpc.RpcError as exc:
+            raise errors.typed(exc, self.address) from exc
+    return call
 
 
 @dataclass
@@ -76,7 +96,7 @@ class Client:
                          else grpc.insecure_channel(address, options=opts))
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
         self._meta = (("authorization", f"Bearer {token}"),) if token else ()
-        self.timeout_s, self.retries = timeout_s, retries
+        self.timeout_s, self.retries, self.address = timeout_s, retries, address
 
     def __enter__(self) -> "Client":
         return self
@@ -96,6 +116,7 @@ class Client:
                     raise
                 time.sleep(0.2 * 2 ** attempt)
 
+    @_typed
     def submit(self, config: str | dict | Path, name: str = "") -> Job:
         """Submit a job config (YAML text, a dict, or a path to a YAML file). Not retried: not idempotent."""
         if isinstance(config, Path) or (isinstance(config, str) and config.endswith((".yaml", ".yml"))
@@ -108,6 +129,7 @@ class Client:
         req = coordinator_pb2.SubmitJobRequest(config_yaml=text, name=name)
         return _job(self._stub.SubmitJob(req, timeout=self.timeout_s, metadata=self._meta))
 
+    @_typed
     def get(self, job_id: str) -> Job:
         return _job(self._read("GetJob", coordinator_pb2.GetJobRequest(job_id=job_id)))
 
@@ -120,29 +142,35 @@ class Client:
             if not token:
                 return jobs
 
+    @_typed
     def page(self, page_size: int = 100, page_token: str = "", state: str = "") -> tuple[list[Job], str]:
         """One page of jobs and the token of the next one ("" after the last)."""
         reply = self._read("ListJobs", coordinator_pb2.ListJobsRequest(page_size=page_size, page_token=page_token,
                                                                        state=state))
         return [_job(j) for j in reply.jobs], reply.next_page_token
 
+    @_typed
     def cancel(self, job_id: str) -> Job:
         return _job(self._stub.CancelJob(coordinator_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout_s,
                                          metadata=self._meta))
 
+    @_typed
     def pause(self, job_id: str) -> Job:
         """Hold the job between steps (idempotent). Returns at once; the step in flight finishes, then the job
         logs ``paused after step N`` when the hold has taken effect."""
         return _job(self._read("PauseJob", coordinator_pb2.PauseJobRequest(job_id=job_id)))
 
+    @_typed
     def resume(self, job_id: str) -> Job:
         return _job(self._read("ResumeJob", coordinator_pb2.ResumeJobRequest(job_id=job_id)))
 
+    @_typed
     def update(self, job_id: str, **knobs: float) -> Job:
         """Change live knobs (learning_rate, kl_coef, temperature, eval_every) from the next step on."""
         req = coordinator_pb2.UpdateJobRequest(job_id=job_id, knobs={k: float(v) for k, v in knobs.items()})
         return _job(self._read("UpdateJob", req))
 
+    @_typed_stream
     def watch(self, job_id: str, after_seq: int = 0, timeout_s: float = 7 * 24 * 3600) -> Iterator[Event]:
         """Yield events until the job ends; reconnects from the last seen event when the stream drops."""
         last, deadline = after_seq, time.monotonic() + timeout_s
@@ -159,16 +187,18 @@ class Client:
                     raise
                 time.sleep(0.5)
 
+    @_typed
     def events(self, job_id: str, after_seq: int = 0) -> list[Event]:
         """The job's events so far (does not wait for new ones)."""
         req = coordinator_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq, replay_only=True)
         return [_event(m) for m in self._stub.WatchJob(req, timeout=self.timeout_s, metadata=self._meta)]
 
+    @_typed
     def wait(self, job_id: str, timeout_s: float = 7 * 24 * 3600) -> Job:
         """Block until the job ends; returns it (final metrics in ``job.metrics``); raises JobFailed on failure."""
         for _ in self.watch(job_id, timeout_s=timeout_s):
             pass
         job = self.get(job_id)
         if job.state == "failed":
-            raise JobFailed(f"job {job_id} failed: {job.error}")
+            raise JobFailed(job_id, job.error)
         return job

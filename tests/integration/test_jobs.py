@@ -263,3 +263,19 @@ def test_lost_reference_replica_comes_back_with_the_reference_weights(two_refere
     initial = token_logprobs(load_causal_lm(tiny_model_dir), ids, torch.ones_like(ids))
     assert float((got[1] - got[0]).abs().max()) <= 1e-6
     assert float((got[1] - initial).abs().max()) <= 1e-5
+
+
+def test_client_errors_are_typed_by_what_the_caller_must_do(cluster):
+    import alignmesh
+
+    with Client(cluster.coordinator_address()) as client:
+        with pytest.raises(alignmesh.errors.InvalidConfig) as err:
+            client.submit("steps: -3\n")
+        assert err.value.status == grpc.StatusCode.INVALID_ARGUMENT and "steps" in err.value.details()
+        with pytest.raises(alignmesh.errors.NotFound):
+            client.get("no-such-job")
+        done = client.wait(client.submit(job(1), name="typed").id)
+        with pytest.raises(alignmesh.errors.Conflict):
+            client.cancel(done.id)
+        with pytest.raises(alignmesh.errors.Refused):  # a path outside the allowed places
+            client.submit(job(1, init="/etc"))

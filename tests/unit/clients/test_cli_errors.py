@@ -70,3 +70,19 @@ def test_validate_checks_offline_and_says_what_it_checked(tmp_path):
     (tmp_path / "stale.yaml").write_text("max_staleness: 99\n")
     out = cli("validate", "stale.yaml", cwd=tmp_path)
     assert out.returncode == 3 and "max_staleness: must be in [0, 16]" in out.stderr
+
+
+def test_the_python_client_raises_typed_errors_that_keep_the_status():
+    import grpc
+
+    import alignmesh
+    from alignmesh.clients.client import Client
+
+    with Client(f"127.0.0.1:{dead_port()}", timeout_s=2, retries=0) as client:
+        try:
+            client.get("nope")
+        except alignmesh.errors.Unreachable as exc:
+            assert isinstance(exc, grpc.RpcError) and exc.code() == exc.status == grpc.StatusCode.UNAVAILABLE
+            assert exc.address.startswith("127.0.0.1:")
+        else:
+            raise AssertionError("no error from a dead address")
