@@ -100,6 +100,10 @@ def _watch(args) -> int:
     from alignmesh.clients.progress import print_events, total_steps
 
     with _client(args) as c:
+        if args.output == "json":  # every event as one JSON line, as it happens
+            for ev in c.watch(args.job_id):
+                print(json.dumps(dataclasses.asdict(ev)), flush=True)
+            return 0 if c.get(args.job_id).state == "succeeded" else 1
         print_events(c.watch(args.job_id), total=total_steps(c.get(args.job_id).config_yaml))
         job = c.get(args.job_id)
     print(f"{job.id} {job.state} at step {job.step}: " + "  ".join(f"{k} {v:.4g}" for k, v in
@@ -174,7 +178,7 @@ def add_job_verbs(sub) -> None:
         if name == "jobs":
             s.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table",
                            help="table for people, json or yaml for scripts")
-        if name == "logs":
+        if name in ("logs", "watch"):
             s.add_argument("--output", "-o", choices=("text", "json"), default="text",
                            help="json: every event as one JSON object per line")
         if name == "validate":

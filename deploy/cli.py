@@ -72,13 +72,14 @@ def _status(args) -> int:
     if state is None:
         print("no local cluster is running")
         return 1
-    bad = 0
-    for m in state["members"]:
-        ok = health_ok(f"{state['host']}:{m['port']}", security=cfg.security)
-        bad += not ok
-        print(f"{m['role']:<12} {m['replica']:<3} {state['host']}:{m['port']:<6} "
-              f"{'SERVING' if ok else 'NOT SERVING'}")
-    return 1 if bad else 0
+    rows = [{"role": m["role"], "replica": m["replica"], "address": f"{state['host']}:{m['port']}",
+             "serving": health_ok(f"{state['host']}:{m['port']}", security=cfg.security)} for m in state["members"]]
+    if args.output != "table":
+        job_cli._dump({"state_dir": str(cfg.state_dir), "members": rows}, args.output)
+    else:
+        for r in rows:
+            print(f"{r['role']:<12} {r['replica']:<3} {r['address']:<21} {'SERVING' if r['serving'] else 'NOT SERVING'}")
+    return 0 if all(r["serving"] for r in rows) else 1
 
 
 def _demo(args) -> int:
@@ -115,6 +116,9 @@ def add_server_verbs(sub) -> None:
                            help="restarts of one member within 5 minutes before giving up (a crash loop)")
             s.add_argument("--restart-backoff", type=float, default=1.0,
                            help="seconds before the first restart of a member; doubles each time, at most 30")
+        if name == "status":
+            s.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table",
+                           help="table for people, json or yaml for scripts")
         s.set_defaults(fn=fn, server=name != "down")
     s = sub.add_parser("demo", help="GRPO on the embedded task through a local cluster, with a before/after table")
     s.add_argument("--config", default=None, help="cluster YAML (default: 2 rollout replicas)")

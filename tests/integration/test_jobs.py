@@ -279,3 +279,27 @@ def test_client_errors_are_typed_by_what_the_caller_must_do(cluster):
             client.cancel(done.id)
         with pytest.raises(alignmesh.errors.Refused):  # a path outside the allowed places
             client.submit(job(1, init="/etc"))
+
+
+def test_read_verbs_speak_json_for_scripts(cluster, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    def alignmesh(*args):
+        return subprocess.run([sys.executable, "-m", "alignmesh.deploy.cli", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    with Client(cluster.coordinator_address()) as client:
+        done = client.wait(client.submit(job(2), name="json").id)
+    out = alignmesh("watch", done.id, "-o", "json", "--coordinator", cluster.coordinator_address())
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert out.returncode == 0 and [e["step"] for e in events if e["kind"] == "step"] == [1, 2]
+    assert events[-1]["kind"] == "state" and events[-1]["state"] == "succeeded"
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({"state_dir": str(cluster.cfg.state_dir)}))
+    out = alignmesh("status", str(tmp_path / "cluster.yaml"), "-o", "json")
+    status = json.loads(out.stdout)
+    assert out.returncode == 0 and all(m["serving"] for m in status["members"])
+    assert {m["role"] for m in status["members"]} >= {"trainer", "rollout", "reward", "reference", "coordinator"}
