@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,18 +19,43 @@ from alignmesh.services.common.errors import AlignmeshError, ConfigError
 from alignmesh.services.common.settings import ClusterConfig
 
 
+ADDRESS_ENV, TOKEN_ENV = "ALIGNMESH_COORDINATOR", "ALIGNMESH_TOKEN"
+
+
+def coordinator_address(flag: str | None) -> tuple[str, str]:
+    """(address, where it came from): --coordinator, else $ALIGNMESH_COORDINATOR, else the local cluster started
+    by `alignmesh up`, else the conventional port."""
+    if flag:
+        return flag, "--coordinator"
+    if os.environ.get(ADDRESS_ENV):
+        return os.environ[ADDRESS_ENV], f"${ADDRESS_ENV}"
+    local = local_coordinator(ClusterConfig().state_dir)
+    if local:
+        return local, "the local cluster"
+    return DEFAULT_COORDINATOR, "the default"
+
+
 def _client(args):
     from alignmesh.clients.client import Client
 
-    # --coordinator, else the local cluster started by `alignmesh up`, else the conventional port
-    address = args.coordinator or local_coordinator(ClusterConfig().state_dir) or DEFAULT_COORDINATOR
-    args.address = address  # for error messages
+    address, source = coordinator_address(args.coordinator)
+    args.address, args.address_source = address, source  # for error messages and `jobs`
+    token, args.token_source = args.token, "--token" if args.token else ""
+    if token is None and os.environ.get(TOKEN_ENV):
+        token, args.token_source = os.environ[TOKEN_ENV], f"${TOKEN_ENV}"
 
     def read(path):
         return Path(path).read_bytes() if path else None
 
-    return Client(address, token=args.token, root_certificates=read(args.tls_ca),
+    return Client(address, token=token, root_certificates=read(args.tls_ca),
                   private_key=read(args.tls_key), certificate_chain=read(args.tls_cert))
+
+
+def _source_line(args) -> str:
+    """Which coordinator and which credentials a verb used (never the token itself)."""
+    creds = f"token from {args.token_source}" if args.token_source else "no token"
+    creds += ", TLS" if args.tls_ca else ""
+    return f"coordinator {args.address} (from {args.address_source}); {creds}"
 
 
 def _read_job(path_text: str):
@@ -76,6 +102,7 @@ def _validate(args) -> int:
 def _jobs(args) -> int:
     with _client(args) as c:
         jobs = c.list()
+    print(_source_line(args), file=sys.stderr)  # stderr: the table (or JSON) on stdout stays clean for scripts
     if args.output != "table":
         return _dump([dataclasses.asdict(j) for j in jobs], args.output)
     for j in jobs:  # a failed job's reason in one line; `alignmesh logs JOB` has the whole error
@@ -169,8 +196,9 @@ def add_job_verbs(sub) -> None:
     for name, fn, helptext in JOB_VERBS:
         s = sub.add_parser(name, help=helptext, description=helptext)
         s.add_argument("--coordinator", default=None,
-                       help=f"host:port (default: the local cluster from `alignmesh up`, else {DEFAULT_COORDINATOR})")
-        s.add_argument("--token", default=None, help="bearer token (security.token of the cluster)")
+                       help=f"host:port (default: ${ADDRESS_ENV}, else the local cluster from `alignmesh up`, else "
+                            f"{DEFAULT_COORDINATOR})")
+        s.add_argument("--token", default=None, help=f"bearer token of the cluster (default: ${TOKEN_ENV})")
         s.add_argument("--tls-ca", default=None, help="CA certificate: talk TLS to the coordinator")
         s.add_argument("--tls-cert", default=None, help="client certificate (when the cluster requires one)")
         s.add_argument("--tls-key", default=None, help="client private key (with --tls-cert)")

@@ -298,6 +298,9 @@ def test_read_verbs_speak_json_for_scripts(cluster, tmp_path):
     events = [json.loads(line) for line in out.stdout.splitlines()]
     assert out.returncode == 0 and [e["step"] for e in events if e["kind"] == "step"] == [1, 2]
     assert events[-1]["kind"] == "state" and events[-1]["state"] == "succeeded"
+    out = alignmesh("jobs", "-o", "json", "--coordinator", cluster.coordinator_address())
+    assert out.returncode == 0 and done.id in {j["id"] for j in json.loads(out.stdout)}
+    assert out.stderr.strip() == f"coordinator {cluster.coordinator_address()} (from --coordinator); no token"
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({"state_dir": str(cluster.cfg.state_dir)}))
     out = alignmesh("status", str(tmp_path / "cluster.yaml"), "-o", "json")
     status = json.loads(out.stdout)

@@ -86,3 +86,19 @@ def test_the_python_client_raises_typed_errors_that_keep_the_status():
             assert exc.address.startswith("127.0.0.1:")
         else:
             raise AssertionError("no error from a dead address")
+
+
+def test_the_address_comes_from_the_flag_then_the_environment_and_jobs_says_which(tmp_path):
+    import os
+
+    port = dead_port()
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "ALIGNMESH_COORDINATOR": f"127.0.0.1:{port}",
+           "ALIGNMESH_TOKEN": "t0ken-from-the-environment"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "alignmesh.clients.cli", *a], capture_output=True,  # noqa
+                                    text=True, cwd=tmp_path, timeout=60, env={**env, **{k: os.environ[k] for k in
+                                                                                       ("PYTHONPATH",) if k in os.environ}})
+    out = run("jobs")
+    assert out.returncode == 4 and f"nothing answers at 127.0.0.1:{port}" in out.stderr
+    other = dead_port()
+    out = run("jobs", "--coordinator", f"127.0.0.1:{other}")
+    assert f"nothing answers at 127.0.0.1:{other}" in out.stderr and "t0ken" not in out.stderr + out.stdout
