@@ -180,21 +180,30 @@ def _logs(args) -> int:
 
 
 JOB_VERBS = (
-    ("submit", _submit, "submit a job config (YAML) to the coordinator"),
-    ("validate", _validate, "check a job config offline (YAML, schema, and params with the server installed)"),
-    ("jobs", _jobs, "list jobs"),
-    ("watch", _watch, "stream a job's progress until it ends"),
-    ("logs", _logs, "a job's log, state and checkpoint events"),
-    ("cancel", _cancel, "cancel a job"),
-    ("pause", _pause, "pause a job after its current step"),
-    ("resume", _resume, "resume a paused job"),
-    ("update", _update, "change a running job's live knobs (name=value)"),
+    ("submit", _submit, "submit a job config (YAML) to the coordinator",
+     "alignmesh submit examples/grpo_addition.yaml --name first --watch"),
+    ("validate", _validate, "check a job config offline (YAML, schema, and params with the server installed)",
+     "alignmesh validate examples/grpo_addition.yaml"),
+    ("jobs", _jobs, "list jobs", "alignmesh jobs -o json | jq '.[] | select(.state == \"failed\")'"),
+    ("watch", _watch, "stream a job's progress until it ends", "alignmesh watch 3f2a9c1b07de"),
+    ("logs", _logs, "a job's log, state and checkpoint events", "alignmesh logs 3f2a9c1b07de --follow"),
+    ("cancel", _cancel, "cancel a job", "alignmesh cancel 3f2a9c1b07de"),
+    ("pause", _pause, "pause a job after its current step", "alignmesh pause 3f2a9c1b07de"),
+    ("resume", _resume, "resume a paused job", "alignmesh resume 3f2a9c1b07de"),
+    ("update", _update, "change a running job's live knobs (name=value)",
+     "alignmesh update 3f2a9c1b07de learning_rate=5e-5 temperature=0.8"),
 )
 
 
+def verb_parser(sub, name: str, helptext: str, example: str):
+    """A subcommand whose ``--help`` ends with an example."""
+    return sub.add_parser(name, help=helptext, description=helptext, epilog=f"example:\n  {example}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_job_verbs(sub) -> None:
-    for name, fn, helptext in JOB_VERBS:
-        s = sub.add_parser(name, help=helptext, description=helptext)
+    for name, fn, helptext, example in JOB_VERBS:
+        s = verb_parser(sub, name, helptext, example)
         s.add_argument("--coordinator", default=None,
                        help=f"host:port (default: ${ADDRESS_ENV}, else the local cluster from `alignmesh up`, else "
                             f"{DEFAULT_COORDINATOR})")

@@ -96,7 +96,8 @@ def _init_model(args) -> int:
 
 
 def add_server_verbs(sub) -> None:
-    s = sub.add_parser("serve", help="serve one role in this process")
+    s = job_cli.verb_parser(sub, "serve", "serve one role in this process",
+                            "alignmesh serve rollout --config cluster.yaml --port 50061 --metrics-port 9101")
     s.add_argument("role", choices=ROLES)
     s.add_argument("--config", help="cluster YAML")
     s.add_argument("--port", type=int, default=0)
@@ -105,9 +106,11 @@ def add_server_verbs(sub) -> None:
     s.add_argument("--insecure", action="store_true",
                    help="listen beyond loopback without authentication (only on a network you trust)")
     s.set_defaults(fn=_serve, server=True)
-    for name, fn, helptext in (("up", _up, "start a local cluster"), ("down", _down, "stop the local cluster"),
-                               ("status", _status, "health of the local cluster")):
-        s = sub.add_parser(name, help=helptext)
+    for name, fn, helptext, example in (
+            ("up", _up, "start a local cluster", "alignmesh up examples/cluster_local.yaml --detach"),
+            ("down", _down, "stop the local cluster", "alignmesh down"),
+            ("status", _status, "health of the local cluster", "alignmesh status -o json")):
+        s = job_cli.verb_parser(sub, name, helptext, example)
         s.add_argument("config", nargs="?", help="cluster YAML (default: built-in defaults)")
         if name == "up":
             s.add_argument("--detach", action="store_true", help="return once healthy; stop with `alignmesh down` "
@@ -120,18 +123,21 @@ def add_server_verbs(sub) -> None:
             s.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table",
                            help="table for people, json or yaml for scripts")
         s.set_defaults(fn=fn, server=name != "down")
-    s = sub.add_parser("demo", help="GRPO on the embedded task through a local cluster, with a before/after table")
+    s = job_cli.verb_parser(sub, "demo", "GRPO on the embedded task through a local cluster, with a before/after "
+                                         "table", "alignmesh demo --out runs")
     s.add_argument("--config", default=None, help="cluster YAML (default: 2 rollout replicas)")
     s.add_argument("--job-config", default=None, help="job YAML (default: examples/grpo_addition.yaml)")
     s.add_argument("--out", default="runs", help="where run directories go")
     s.set_defaults(fn=_demo, server=True)
-    s = sub.add_parser("run", help="start a local cluster, run one job config to the end, print before/after")
+    s = job_cli.verb_parser(sub, "run", "start a local cluster, run one job config to the end, print before/after",
+                            "alignmesh run examples/rloo_addition.yaml")
     s.add_argument("job_config")
     s.add_argument("--config", default=None, help="cluster YAML (default: 2 rollout replicas, a critic if needed)")
     s.add_argument("--out", default="runs", help="where run directories go")
     s.set_defaults(fn=lambda a: _demo(argparse.Namespace(config=a.config, job_config=a.job_config, out=a.out)),
                    server=True)
-    s = sub.add_parser("init-model", help="write the embedded default model to a directory")
+    s = job_cli.verb_parser(sub, "init-model", "write the embedded default model to a directory",
+                            "alignmesh init-model models/tiny")
     s.add_argument("path")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_init_model, server=True)

@@ -37,3 +37,23 @@ def test_up_rejects_a_port_in_use(tmp_path, tiny_model_dir):
     assert out.returncode == 2
     assert f"port {port} (trainer replica 0 gRPC) is already in use" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_every_verb_has_help_with_an_example():
+    import contextlib
+    import io
+
+    from alignmesh.deploy.cli import build_parser
+
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices
+    assert {"submit", "validate", "jobs", "watch", "logs", "cancel", "pause", "resume", "update", "serve", "up",
+            "down", "status", "demo", "run", "init-model"} <= set(verbs)
+    for name, sub in verbs.items():
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            try:
+                sub.parse_args(["--help"])
+            except SystemExit:
+                pass
+        assert sub.description and "example:\n  alignmesh " + name in text.getvalue(), name
