@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignmesh.coordinator.algos.advantages import group_normalized_advantages, informative_groups
+from alignmesh.coordinator.algos.shaping import overlong_penalty
 from alignmesh.coordinator.flows import checks
 from alignmesh.coordinator.flows.base import FlowContext
 from alignmesh.coordinator.flows.registry import FLOWS
@@ -26,6 +27,8 @@ class GRPOParams:
     adv_eps: float = 1e-4
     off_policy: str = "none"  # none | tis | decoupled
     is_cap: float = 2.0
+    clip_eps_high: float | None = None  # DAPO clip-higher: the upper clip 1 + clip_eps_high (None: clip_eps)
+    overlong_buffer: int = 0  # DAPO soft overlong punishment over the last N of max_new_tokens (0: off; at most all)
 
     def validate(self, where: str) -> None:
         from alignmesh.services.common.errors import ConfigError
@@ -34,6 +37,9 @@ class GRPOParams:
         if self.prompts_per_step < 1 or self.learning_rate <= 0 or self.kl_coef < 0 or self.epochs < 1:
             raise ConfigError(f"{where}: prompts_per_step >= 1, learning_rate > 0, kl_coef >= 0, epochs >= 1")
         checks.off_policy(where, self)
+        checks.at_least(where, self, 0, "overlong_buffer")
+        if self.clip_eps_high is not None:
+            checks.within(where, self, "clip_eps_high", 0.0, 10.0)
 
 
 @FLOWS.register("grpo")
@@ -46,6 +52,9 @@ class GRPO:
         p: GRPOParams = ctx.params
         examples = ctx.sampler.take(p.prompts_per_step)
         prompts, out, rewards = await ctx.sample(examples, p.group_size, step)
+        if p.overlong_buffer:
+            budget = ctx.config.sampling.max_new_tokens
+            rewards = rewards + overlong_penalty(out.lengths, budget, min(p.overlong_buffer, budget))
         grouped = rewards.view(p.prompts_per_step, p.group_size)
         keep = informative_groups(grouped).repeat_interleave(p.group_size)
         batch = ctx.rollout_batch(prompts, out, p.group_size).select(keep)
@@ -70,7 +79,8 @@ class GRPO:
                         batch.input_ids, batch.attention_mask, batch.loss_mask, adv, ref,
                         loss=dict(name="policy_gradient", clip_eps=p.clip_eps, kl_coef=ctx.live("kl_coef", p.kl_coef),
                                   epochs=p.epochs, micro_batch_size=p.micro_batch_size, off_policy=p.off_policy,
-                                  is_cap=p.is_cap),
+                                  is_cap=p.is_cap, **({} if p.clip_eps_high is None else
+                                                      {"clip_eps_high": p.clip_eps_high})),
                         learning_rate=ctx.live("learning_rate", p.learning_rate),
                         behavior_logprobs=batch.behavior_logprobs if p.off_policy != "none" else None)
                 with ctx.phase("sync"):

@@ -43,6 +43,7 @@ class LossSpec:
     params: dict[str, float] = field(default_factory=dict)  # knobs of user-registered losses
     off_policy: str = "none"  # policy_gradient: "none", "tis" or "decoupled" (losses.behaviour_weights)
     is_cap: float = 2.0  # the importance-weight cap C of tis / decoupled
+    clip_eps_high: float | None = None  # policy_gradient: the upper clip (DAPO clip-higher); None = clip_eps
 
 
 @dataclass

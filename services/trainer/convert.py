@@ -48,7 +48,7 @@ def experience_from_proto(req: trainer_pb2.TrainStepRequest, vocab_size: int) ->
 
 
 _KNOBS = ("clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing", "off_policy",
-          "is_cap")
+          "is_cap", "clip_eps_high")
 
 
 def loss_from_proto(msg: trainer_pb2.LossSpec) -> LossSpec:
@@ -63,6 +63,8 @@ def loss_from_proto(msg: trainer_pb2.LossSpec) -> LossSpec:
         raise InvalidArgument("loss.beta", f"must be > 0, got {spec.beta}")
     if not spec.clip_eps >= 0:
         raise InvalidArgument("loss.clip_eps", f"must be >= 0, got {spec.clip_eps}")
+    if spec.clip_eps_high is not None and not 0 <= spec.clip_eps_high < 10:
+        raise InvalidArgument("loss.clip_eps_high", f"must be in [0, 10), got {spec.clip_eps_high}")
     if not spec.kl_coef >= 0:
         raise InvalidArgument("loss.kl_coef", f"must be >= 0, got {spec.kl_coef}")
     if spec.micro_batch_size < 0:

@@ -39,12 +39,15 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 def policy_gradient_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                          mask: torch.Tensor, clip_eps: float, ref_logprobs: torch.Tensor | None = None,
                          kl_coef: float = 0.0, normalizer: float | torch.Tensor | None = None,
-                         weights: torch.Tensor | None = None,
+                         weights: torch.Tensor | None = None, clip_eps_high: float | None = None,
                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate (PPO, Schulman et al. 2017) with the GRPO KL term (Shao et al. 2024):
 
         rho_bt = exp(logprobs - old_logprobs)
-        L = -(1/N) sum_bt mask_bt [ w_bt min(rho_bt A_bt, clip(rho_bt, 1-eps, 1+eps) A_bt) - beta k3_bt ]
+        L = -(1/N) sum_bt mask_bt [ w_bt min(rho_bt A_bt, clip(rho_bt, 1-eps, 1+eps_high) A_bt) - beta k3_bt ]
+
+    (N: the batch's completion tokens — token-level aggregation, as DAPO; ``clip_eps_high`` defaults to ``eps``;
+    a larger one is DAPO's clip-higher.)
 
     advantages: [B] (one per sequence, broadcast over tokens) or [B, T]. ``weights`` [B, T] (detached; 1 when
     None): per-token importance weights of off-policy samples (``behaviour_weights``), which makes this the
@@ -56,7 +59,8 @@ def policy_gradient_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adv
     n = _norm(mask, normalizer)
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * adv
     surrogate = torch.minimum(unclipped, clipped)
     if weights is not None:
         surrogate = surrogate * weights.detach()
@@ -215,7 +219,7 @@ def _policy_gradient(logp: torch.Tensor, b: Experience, spec: LossSpec, normaliz
         weights, is_stats = behaviour_weights(old, b.behavior_logprobs, b.loss_mask, spec.is_cap, spec.off_policy,
                                             normalizer)
     loss, stats = policy_gradient_loss(logp, old, b.advantages, b.loss_mask, spec.clip_eps, b.ref_logprobs,
-                                       spec.kl_coef, normalizer, weights)
+                                       spec.kl_coef, normalizer, weights, spec.clip_eps_high)
     return loss, {**stats, **is_stats}
 
 

@@ -113,3 +113,18 @@ def test_coordinator_sigkill_resumes_with_the_same_data_and_regenerates_what_was
     assert sorted(a) == sorted(b) == list(range(1, 17))
     assert [a[s]["prompt_crc"] for s in a] == [b[s]["prompt_crc"] for s in a]
     assert all(m["samples"] == 32 and m["version_lag_max"] <= 2 for m in b.values())
+
+
+def test_dapo_options_run_end_to_end(cluster):
+    """clip-higher and the soft overlong punishment through the services (their maths: tests/unit)."""
+    text = async_job(4, 1).replace("off_policy: tis, is_cap: 2.0", "clip_eps_high: 0.28, overlong_buffer: 2")
+    plain = async_job(4, 1).replace("off_policy: tis, is_cap: 2.0", "off_policy: none")
+    with Client(cluster.coordinator_address()) as client:
+        done = client.wait(client.submit(text, name="dapo").id, timeout_s=120)
+        base = client.wait(client.submit(plain, name="plain").id, timeout_s=120)
+        steps, base_steps = main_steps(client, done.id), main_steps(client, base.id)
+    assert done.state == "succeeded" and sorted(steps) == [1, 2, 3, 4]
+    # step 1: the same prompts, seeds and weights in both jobs, so the same completions; the untrained model runs
+    # to the 4-token budget, where the punishment is -1 (and -0.5 at 3 tokens): the shaped mean reward is lower
+    assert steps[1]["prompt_crc"] == base_steps[1]["prompt_crc"]
+    assert steps[1]["reward_mean"] <= base_steps[1]["reward_mean"] - 0.25

@@ -25,7 +25,7 @@ class ComputeValuesResponse(_message.Message):
     def __init__(self, values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class LossSpec(_message.Message):
-    __slots__ = ("name", "clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing", "params", "off_policy", "is_cap")
+    __slots__ = ("name", "clip_eps", "kl_coef", "epochs", "micro_batch_size", "beta", "variant", "label_smoothing", "params", "off_policy", "is_cap", "clip_eps_high")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class LossSpec(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     OFF_POLICY_FIELD_NUMBER: _ClassVar[int]
     IS_CAP_FIELD_NUMBER: _ClassVar[int]
+    CLIP_EPS_HIGH_FIELD_NUMBER: _ClassVar[int]
     name: str
     clip_eps: float
     kl_coef: float
@@ -55,7 +56,8 @@ class LossSpec(_message.Message):
     params: _containers.ScalarMap[str, float]
     off_policy: str
     is_cap: float
-    def __init__(self, name: _Optional[str] = ..., clip_eps: _Optional[float] = ..., kl_coef: _Optional[float] = ..., epochs: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., beta: _Optional[float] = ..., variant: _Optional[str] = ..., label_smoothing: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ..., off_policy: _Optional[str] = ..., is_cap: _Optional[float] = ...) -> None: ...
+    clip_eps_high: float
+    def __init__(self, name: _Optional[str] = ..., clip_eps: _Optional[float] = ..., kl_coef: _Optional[float] = ..., epochs: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., beta: _Optional[float] = ..., variant: _Optional[str] = ..., label_smoothing: _Optional[float] = ..., params: _Optional[_Mapping[str, float]] = ..., off_policy: _Optional[str] = ..., is_cap: _Optional[float] = ..., clip_eps_high: _Optional[float] = ...) -> None: ...
 
 class TrainStepRequest(_message.Message):
     __slots__ = ("input_ids", "attention_mask", "loss_mask", "advantages", "ref_logprobs", "loss", "learning_rate", "returns", "old_values", "request_id", "behavior_logprobs")
