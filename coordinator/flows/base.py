@@ -110,6 +110,9 @@ class FlowContext:
     def sequences(self, prompts: list[list[int]], completions: list[list[int]]) -> sequences.SequenceBatch:
         return sequences.build(prompts, completions, int(self.tokenizer.pad_token_id))
 
+    def concat(self, batches: list[sequences.SequenceBatch]) -> sequences.SequenceBatch:
+        return sequences.concat(batches, int(self.tokenizer.pad_token_id))
+
     def rollout_batch(self, prompts: list[list[int]], out, n: int) -> sequences.SequenceBatch:
         """``n`` samples per prompt as training rows, with the rollout's own log-probabilities in place."""
         rows = [q for q in prompts for _ in range(n)]
@@ -121,12 +124,13 @@ class FlowContext:
         items = [(e.prompt, t, {"answer": e.answer}) for e, t in zip(examples, texts)]
         return await self.reward.score(items, self.config.reward_fn)
 
-    async def sample(self, examples: list[Example], n: int, step: int):
-        """Generate ``n`` samples per prompt (all rollout replicas) and score them: (prompts, rollouts, rewards)."""
+    async def sample(self, examples: list[Example], n: int, step: int, attempt: int = 0):
+        """Generate ``n`` samples per prompt (all rollout replicas) and score them: (prompts, rollouts, rewards).
+        ``attempt``: a further round of the same step (its own seeds)."""
         s = self.config.sampling
         with self.phase("generate"):
             prompts = self.encode(examples)
-            out = await self.rollout.generate(prompts, n=n, seed=self.config.seed * 100_003 + step,
+            out = await self.rollout.generate(prompts, n=n, seed=self.config.seed * 100_003 + step + attempt * 7_777_777,
                                               temperature=self.live("temperature", s.temperature), top_p=s.top_p,
                                               max_new_tokens=s.max_new_tokens)
         with self.phase("reward"):

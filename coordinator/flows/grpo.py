@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from alignmesh.coordinator.algos.advantages import group_normalized_advantages, informative_groups
 from alignmesh.coordinator.algos.shaping import overlong_penalty
 from alignmesh.coordinator.flows import checks
 from alignmesh.coordinator.flows.base import FlowContext
 from alignmesh.coordinator.flows.registry import FLOWS
+from alignmesh.coordinator.flows.sequences import SequenceBatch
 
 
 @dataclass
@@ -28,6 +31,7 @@ class GRPOParams:
     off_policy: str = "none"  # none | tis | decoupled
     is_cap: float = 2.0
     clip_eps_high: float | None = None  # DAPO clip-higher: the upper clip 1 + clip_eps_high (None: clip_eps)
+    dynamic_sampling: int = 0  # DAPO dynamic sampling: at most this many extra rounds per step to fill the batch
     overlong_buffer: int = 0  # DAPO soft overlong punishment over the last N of max_new_tokens (0: off; at most all)
 
     def validate(self, where: str) -> None:
@@ -37,9 +41,20 @@ class GRPOParams:
         if self.prompts_per_step < 1 or self.learning_rate <= 0 or self.kl_coef < 0 or self.epochs < 1:
             raise ConfigError(f"{where}: prompts_per_step >= 1, learning_rate > 0, kl_coef >= 0, epochs >= 1")
         checks.off_policy(where, self)
-        checks.at_least(where, self, 0, "overlong_buffer")
+        checks.at_least(where, self, 0, "overlong_buffer", "dynamic_sampling")
         if self.clip_eps_high is not None:
             checks.within(where, self, "clip_eps_high", 0.0, 10.0)
+
+
+@dataclass
+class Round:
+    examples: list
+    batch: SequenceBatch
+    advantages: torch.Tensor  # [P * G]
+    versions: torch.Tensor  # [P * G]
+    informative: torch.Tensor  # bool [P]
+    rewards: torch.Tensor  # [P * G]
+    lengths: torch.Tensor  # [P * G]
 
 
 @FLOWS.register("grpo")
@@ -47,26 +62,45 @@ class GRPO:
     Params = GRPOParams
     asynchronous = True  # collect() may run ahead of training (max_staleness)
 
-    async def collect(self, ctx: FlowContext, step: int):
-        """One step's experience: G samples per prompt, rewards, advantages, the informative groups' rows."""
+    async def sample_round(self, ctx: FlowContext, step: int, attempt: int) -> Round:
+        """G samples for each of P new prompts, their (shaped) rewards and group-normalised advantages."""
         p: GRPOParams = ctx.params
         examples = ctx.sampler.take(p.prompts_per_step)
-        prompts, out, rewards = await ctx.sample(examples, p.group_size, step)
+        prompts, out, rewards = await ctx.sample(examples, p.group_size, step, attempt)
         if p.overlong_buffer:
             budget = ctx.config.sampling.max_new_tokens
             rewards = rewards + overlong_penalty(out.lengths, budget, min(p.overlong_buffer, budget))
         grouped = rewards.view(p.prompts_per_step, p.group_size)
-        keep = informative_groups(grouped).repeat_interleave(p.group_size)
-        batch = ctx.rollout_batch(prompts, out, p.group_size).select(keep)
-        advantages = group_normalized_advantages(grouped, p.adv_eps).view(-1)[keep]
+        return Round(examples, ctx.rollout_batch(prompts, out, p.group_size),
+                     group_normalized_advantages(grouped, p.adv_eps).view(-1), out.versions,
+                     informative_groups(grouped), rewards, out.lengths)
+
+    async def collect(self, ctx: FlowContext, step: int):
+        """One step's experience: the informative groups' rows. With ``dynamic_sampling`` N (DAPO), up to N more
+        rounds until P groups with mixed rewards are found; the first P of them are kept."""
+        p: GRPOParams = ctx.params
+        rounds = [await self.sample_round(ctx, step, 0)]
+        while len(rounds) <= p.dynamic_sampling and sum(int(r.informative.sum()) for r in rounds) < \
+                p.prompts_per_step:
+            rounds.append(await self.sample_round(ctx, step, len(rounds)))
+        informative = torch.cat([r.informative for r in rounds])
+        if p.dynamic_sampling:
+            informative &= torch.cumsum(informative.long(), 0) <= p.prompts_per_step
+        keep = informative.repeat_interleave(p.group_size)
+        batch = (ctx.concat([r.batch for r in rounds]) if len(rounds) > 1 else rounds[0].batch).select(keep)
+        advantages = torch.cat([r.advantages for r in rounds])[keep]
         ref = None
         if ctx.live("kl_coef", p.kl_coef) > 0 and keep.any():
             with ctx.phase("reference"):
                 ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask)
+        rewards, lengths = torch.cat([r.rewards for r in rounds]), torch.cat([r.lengths for r in rounds])
         metrics = {"reward_mean": float(rewards.mean()), "informative_groups": float(keep.sum()) / p.group_size,
-                   "samples": float(out.lengths.numel()), "prompt_crc": ctx.fingerprint(examples),
-                   "completion_tokens": float(out.lengths.sum())}
-        return batch, advantages, ref, out.versions[keep], metrics
+                   "samples": float(lengths.numel()), "prompt_crc": ctx.fingerprint([e for r in rounds
+                                                                                    for e in r.examples]),
+                   "completion_tokens": float(lengths.sum())}
+        if p.dynamic_sampling:
+            metrics["sampling_rounds"] = float(len(rounds))
+        return batch, advantages, ref, torch.cat([r.versions for r in rounds])[keep], metrics
 
     async def run(self, ctx: FlowContext) -> None:
         p: GRPOParams = ctx.params

@@ -33,6 +33,22 @@ def build(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -
     return SequenceBatch(ids, mask, loss_mask)
 
 
+def concat(batches: list[SequenceBatch], pad_id: int) -> SequenceBatch:
+    """Rows of several batches as one, right padded to the widest (pad id, attention 0, loss 0, log-probability 0)."""
+    width = max(b.input_ids.shape[1] for b in batches)
+
+    def widen(t: torch.Tensor, value) -> torch.Tensor:
+        extra = width - t.shape[1]
+        return torch.cat([t, torch.full((t.shape[0], extra), value, dtype=t.dtype)], 1) if extra else t
+
+    behavior = None
+    if all(b.behavior_logprobs is not None for b in batches):
+        behavior = torch.cat([widen(b.behavior_logprobs, 0.0) for b in batches])
+    return SequenceBatch(torch.cat([widen(b.input_ids, pad_id) for b in batches]),
+                         torch.cat([widen(b.attention_mask, 0) for b in batches]),
+                         torch.cat([widen(b.loss_mask, 0.0) for b in batches]), behavior)
+
+
 def place(values: torch.Tensor, prompt_lengths: list[int], width: int) -> torch.Tensor:
     """Put completion-aligned values [B, L] at their token positions in a [B, width] sequence batch."""
     out = torch.zeros((values.shape[0], width), dtype=values.dtype)

@@ -128,3 +128,21 @@ def test_dapo_options_run_end_to_end(cluster):
     # to the 4-token budget, where the punishment is -1 (and -0.5 at 3 tokens): the shaped mean reward is lower
     assert steps[1]["prompt_crc"] == base_steps[1]["prompt_crc"]
     assert steps[1]["reward_mean"] <= base_steps[1]["reward_mean"] - 0.25
+
+
+def test_dynamic_sampling_fills_the_batch_with_informative_groups_or_stops_at_its_cap(cluster):
+    """Exact-answer reward on the untrained model: most groups are all-zero, so rounds run to the cap; the digits
+    reward: most groups are mixed, so one round fills the batch. Either way every sample is counted."""
+    for reward, name in (("digits", "dyn-digits"), ("", "dyn-exact")):
+        text = async_job(3, 0).replace("off_policy: tis, is_cap: 2.0", "dynamic_sampling: 2")
+        text = text.replace("reward_fn: digits", f"reward_fn: '{reward}'")
+        with Client(cluster.coordinator_address()) as client:
+            done = client.wait(client.submit(text, name=name).id, timeout_s=120)
+            steps = main_steps(client, done.id)
+        assert done.state == "succeeded" and sorted(steps) == [1, 2, 3]
+        for m in steps.values():
+            rounds = m["sampling_rounds"]
+            assert m["samples"] == rounds * 32 and 1 <= rounds <= 3
+            assert m["informative_groups"] == 8 or (rounds == 3 and m["informative_groups"] < 8), m
+        if not reward:  # the exact answer is rare before any training: more rounds were needed
+            assert max(m["sampling_rounds"] for m in steps.values()) > 1
