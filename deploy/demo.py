@@ -79,7 +79,7 @@ def run_demo(config: str | None, job_config: str | None, out: str) -> int:
     summary_path.write_text(json.dumps(summary, indent=2))
     print("\n" + table(summary))
     lag = staleness(Path(job.run_dir))
-    if lag:
+    if lag and int(spec.get("max_staleness", 0)):
         print(f"\n  samples trained on were {lag[0]:.2f} weight versions old on average, {lag[1]:.0f} at most "
               f"(max_staleness {int(spec.get('max_staleness', 0))})")
     print(f"\n  steps {summary['steps']}, job {summary['wall_seconds']:.0f}s, whole run {time.time() - t0:.0f}s")
