@@ -78,9 +78,10 @@ def test_base_install_has_no_torch_and_drives_a_job(client_venv, tiny_model_dir,
     assert [(j["id"], j["state"], j["step"]) for j in jobs] == [(job_id, "succeeded", 3)]
     kinds = [json.loads(line)["kind"] for line in events.stdout.splitlines()]
     assert kinds[0] == "state" and kinds.count("step") >= 3 and "eval" in kinds
-    # the coordinator's refusals are one line and an exit code: 3 a bad config, 6 no such job
+    # refusals are one line and an exit code: 3 a bad config (here by the job schema on the client, torch-free,
+    # before anything is sent), 6 no such job
     assert refused.returncode == 3 and refused.stderr.strip().splitlines() == [
-        "alignmesh: error: config_yaml: steps: must be >= 0, got -3"]
+        f"alignmesh: error: {bad}: steps: must be >= 0, got -3"]
     assert missing.returncode == 6 and "Traceback" not in missing.stderr and "nosuchjob" in missing.stderr
 
     up = sh(cli, "up", env=env, check=False)
