@@ -124,9 +124,10 @@ def test_watch_pause_update_resume_cancel(cluster):
 def test_invalid_job_config_writes_nothing(cluster):
     with Client(cluster.coordinator_address()) as client:
         before = len(client.list())
+        missing = Path(cluster.cfg.coordinator.runs_dir).expanduser().resolve() / "missing.jsonl"  # an allowed place
         for bad, field in (("algorithm: sarsa\n", "algorithm"), ("params: {learning_rate: -1}\n", "params"),
                            ("params: {prompts_per_step: 3, group_size: 1}\n", "group_size"),
-                           ("dataset: {kind: jsonl, train: /missing.jsonl}\n", "dataset.train")):
+                           (f"dataset: {{kind: jsonl, train: {missing}}}\n", "dataset.train")):
             with pytest.raises(grpc.RpcError) as err:
                 client.submit(bad)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
