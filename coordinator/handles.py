@@ -81,7 +81,6 @@ class Pool:
             raise ValueError("a pool needs at least one replica")
         self.eps, self.timeout_s, self.retries, self.backoff_s = eps, timeout_s, retries, backoff_s
         self.ledger = ledger if ledger is not None else RpcLedger()
-        self.answered = [0] * len(eps)  # RPCs each replica has answered (how the load spread)
 
     def healthy(self) -> list[Endpoint]:
         up = [e for e in self.eps if e.healthy]
@@ -110,7 +109,6 @@ class Pool:
         start = time.perf_counter()
         call = getattr(ep.stub, method)(request, timeout=timeout_s, metadata=ep.metadata)
         response = await call
-        self.answered[ep.replica] += 1
         wall = time.perf_counter() - start
         self.ledger.record(ep.role, request.ByteSize(), response.ByteSize(), wall,
                            handler_seconds(await call.trailing_metadata()))

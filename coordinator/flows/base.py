@@ -18,7 +18,7 @@ import torch
 from alignmesh.coordinator.config import JobConfig
 from alignmesh.coordinator.data import Example, PromptSampler, Splits
 from alignmesh.coordinator.flows import sequences
-from alignmesh.coordinator.flows.pipeline import PHASES, Ahead
+from alignmesh.coordinator.flows.pipeline import PHASES, Ahead, resumed
 from alignmesh.coordinator.handles import ReferencePool, RewardPool, RolloutPool, TrainerHandle
 from alignmesh.coordinator.weights import SyncResult, WeightSync
 
@@ -184,12 +184,7 @@ class FlowContext:
         for step in range(self.start_step + 1, total + 1):
             if not self.control.running.is_set() and not self.control.cancel.is_set():
                 self.log(f"paused after step {step - 1}")  # the pause has taken hold: no step is in flight
-            while not self.control.running.is_set() and not self.control.cancel.is_set():
-                waits = [asyncio.ensure_future(self.control.running.wait()),
-                         asyncio.ensure_future(self.control.cancel.wait())]
-                _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                for fut in pending:
-                    fut.cancel()
+            await resumed(self.control)
             if self.control.cancel.is_set():
                 raise Cancelled()
             self.phases = {}

@@ -30,6 +30,15 @@ class Collected:
     phases: dict[str, float] = field(default_factory=dict)
 
 
+async def resumed(control) -> None:
+    """Return once the job is running (not paused) or cancelled: waits on whichever event comes first."""
+    while not control.running.is_set() and not control.cancel.is_set():
+        waits = [asyncio.ensure_future(control.running.wait()), asyncio.ensure_future(control.cancel.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for fut in pending:
+            fut.cancel()
+
+
 class Ahead:
     """The producer of steps ``first..last``, at most ``k`` steps ahead of the last trained one."""
 
@@ -47,7 +56,7 @@ class Ahead:
             while self.trained < step - 1 - self.k:  # the staleness bound
                 self._advanced.clear()
                 await self._advanced.wait()
-            await self._resumed()
+            await resumed(self.control)  # collect nothing new while paused (a cancel ends the producer)
             phases: dict[str, float] = {}
             token = PHASES.set(phases)
             try:
@@ -55,15 +64,6 @@ class Ahead:
             finally:
                 PHASES.reset(token)
             await self._queue.put(Collected(step, item, self.cursor(), phases))
-
-    async def _resumed(self) -> None:
-        """Collect nothing new while the job is paused (a cancel ends the producer with the job)."""
-        while not self.control.running.is_set() and not self.control.cancel.is_set():
-            waits = [asyncio.ensure_future(self.control.running.wait()),
-                     asyncio.ensure_future(self.control.cancel.wait())]
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for fut in pending:
-                fut.cancel()
 
     async def get(self, step: int) -> Collected:
         """Step ``step``'s experience; raises what the producer raised if it failed."""
