@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from contextlib import contextmanager
 from dataclasses import asdict
 
 import torch
@@ -23,7 +22,7 @@ from alignmesh.services.rollout.backend import LENGTH, STOP, Generation, Samplin
 from alignmesh.services.rollout.vllm_worker import GROUP_LOST, spec_to_plain
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec
-from alignmesh.services.sync.receiver import Staged, check_manifest, staged_for
+from alignmesh.services.sync.receiver import Staged, SwapBetweenRequests, check_manifest, staged_for
 
 log = logging.getLogger("alignmesh.rollout.vllm")
 EXTENSION = "alignmesh.services.rollout.vllm_worker.WeightSyncExtension"
@@ -39,7 +38,7 @@ def hf_specs(model_path: str) -> list[bk.Spec]:
     return bk.specs_of([(n, p) for n, p in model.named_parameters()])
 
 
-class VLLMWeightReceiver:
+class VLLMWeightReceiver(SwapBetweenRequests):
     """The WeightReceiver interface, with the weights living in vLLM's worker."""
 
     def __init__(self, llm, specs: list[bk.Spec], lock: threading.Lock):
@@ -91,19 +90,8 @@ class VLLMWeightReceiver:
         running, else before the next one (a commit never waits for a request in flight)."""
         staged_for(self._staged, version)
         self._pending, self._staged, self.version = version, None, version
-        if self.lock.acquire(blocking=False):
-            try:
-                self._swap_in()
-            finally:
-                self.lock.release()
+        self._swap_when_idle()
         return self.version
-
-    @contextmanager
-    def serving(self):
-        """Hold the engine for one request; yields the weight version it serves for the whole request."""
-        with self.lock:
-            self._swap_in()
-            yield self._served
 
     def _swap_in(self) -> None:
         pending, self._pending = self._pending, 0

@@ -96,7 +96,27 @@ def _receive_buckets(group: SyncGroup, plan: list[bk.Bucket], spare: dict):
     return trailer.tolist(), flats, sums
 
 
-class WeightReceiver:
+class SwapBetweenRequests:
+    """A committed version goes into the model at once when it is idle, else when the request in flight ends:
+    a commit never waits for a request. Needs ``lock`` (held while the model is in use), ``_served`` (the version
+    the model holds) and ``_swap_in()`` (puts the pending version in; called with ``lock`` held)."""
+
+    def _swap_when_idle(self) -> None:
+        if self.lock.acquire(blocking=False):
+            try:
+                self._swap_in()
+            finally:
+                self.lock.release()
+
+    @contextmanager
+    def serving(self):
+        """Hold the model for one request; yields the weight version it serves for the whole request."""
+        with self.lock:
+            self._swap_in()
+            yield self._served
+
+
+class WeightReceiver(SwapBetweenRequests):
     """Owns a model's weight version. Use the model only inside ``serving()``.
 
     A commit never waits for a request in flight: it makes the staged version the committed one (``version``,
@@ -151,19 +171,8 @@ class WeightReceiver:
             if self._pending is not None:  # committed over before any request served it: its buffers are free
                 self._spare.update(self._pending.flats)
             self._pending, self._staged, self.version = staged, None, version
-        if self.lock.acquire(blocking=False):
-            try:
-                self._swap_in()
-            finally:
-                self.lock.release()
+        self._swap_when_idle()
         return self.version
-
-    @contextmanager
-    def serving(self):
-        """Hold the model for one request; yields the weight version it serves for the whole request."""
-        with self.lock:
-            self._swap_in()
-            yield self._served
 
     def _swap_in(self) -> None:
         """Put the pending version into the model (the caller holds ``lock``)."""
@@ -206,4 +215,5 @@ class WeightReceiver:
             old.close()
 
 
-__all__ = ["WeightReceiver", "Staged", "check_manifest", "receive_verified", "staged_for", "SyncError"]
+__all__ = ["SwapBetweenRequests", "WeightReceiver", "Staged", "check_manifest", "receive_verified", "staged_for",
+           "SyncError"]
