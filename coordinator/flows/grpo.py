@@ -41,7 +41,8 @@ class GRPOParams:
         if self.prompts_per_step < 1 or self.learning_rate <= 0 or self.kl_coef < 0 or self.epochs < 1:
             raise ConfigError(f"{where}: prompts_per_step >= 1, learning_rate > 0, kl_coef >= 0, epochs >= 1")
         checks.off_policy(where, self)
-        checks.at_least(where, self, 0, "overlong_buffer", "dynamic_sampling")
+        checks.at_least(where, self, 0, "overlong_buffer")
+        checks.within(where, self, "dynamic_sampling", 0, 16)  # extra rounds per step: bounded work per step
         if self.clip_eps_high is not None:
             checks.within(where, self, "clip_eps_high", 0.0, 10.0)
 

@@ -21,6 +21,10 @@ CLUSTER = ClusterConfig()
     (f"algorithm: {EXAMPLES}/flows/nope.py:MyFlow\n", r"algorithm: '.*/flows/nope.py:MyFlow' cannot be loaded"),
     # every flow checks its params at submit (sft eval_every 0 used to divide by zero mid-run)
     ("algorithm: sft\nparams: {eval_every: 0}\n", r"params.eval_every: must be > 0, got 0"),
+    ("params: {dynamic_sampling: 1000}\n", r"params.dynamic_sampling: must be in \[0, 16\]"),
+    ("params: {off_policy: vtrace}\n", r"params.off_policy: must be one of"),
+    ("params: {clip_eps_high: -1}\n", r"params.clip_eps_high: must be in"),
+    ("max_staleness: 17\n", r"max_staleness: must be in \[0, 16\]"),
     ("algorithm: rloo\nparams: {samples_per_prompt: 1}\n", r"params.samples_per_prompt: must be >= 2"),
     ("algorithm: dpo\nparams: {variant: hinge}\n", r"params.variant: must be one of \['sigmoid', 'ipo'\]"),
     ("algorithm: online_dpo\nparams: {beta: 0}\n", r"params.beta: must be > 0"),

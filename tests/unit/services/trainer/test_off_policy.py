@@ -116,3 +116,27 @@ def test_step_loop_reports_the_same_importance_statistics_in_micro_batches(micro
     assert stats["is_ratio_mean"] == pytest.approx(13.25 / 5, abs=1e-5)
     assert stats["is_ratio_max"] == pytest.approx(9.0, abs=1e-5)
     assert stats["is_truncated"] == pytest.approx(0.2, abs=1e-6)
+
+
+@pytest.mark.parametrize("knobs, field", [({"off_policy": "vtrace"}, "loss.off_policy"),
+                                          ({"off_policy": "tis", "is_cap": 0.5}, "loss.is_cap"),
+                                          ({"is_cap": float("nan")}, "loss.is_cap"),
+                                          ({"clip_eps_high": -0.1}, "loss.clip_eps_high")])
+def test_bad_off_policy_knobs_are_refused_by_name(knobs, field):
+    from alignmesh.protos.trainer.v1 import trainer_pb2
+    from alignmesh.services.trainer.convert import loss_from_proto
+
+    with pytest.raises(InvalidArgument) as err:
+        loss_from_proto(trainer_pb2.LossSpec(name="policy_gradient", **knobs))
+    assert field in str(err.value)
+
+
+def test_behaviour_logprobs_of_the_wrong_shape_are_refused():
+    from alignmesh.coordinator.convert import train_request
+    from alignmesh.services.trainer.convert import experience_from_proto
+
+    ids = torch.zeros(2, 4, dtype=torch.int64)
+    req = train_request(ids, torch.ones_like(ids), MASK, torch.ones(2), None, {}, None,
+                        behavior_logprobs=torch.zeros(2, 3))
+    with pytest.raises(InvalidArgument, match="behavior_logprobs"):
+        experience_from_proto(req, vocab_size=10)
