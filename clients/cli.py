@@ -10,52 +10,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
-from alignmesh.clients.local_state import DEFAULT_COORDINATOR, local_coordinator
+from alignmesh.clients.local_state import DEFAULT_COORDINATOR
+from alignmesh.clients.profile import ADDRESS_ENV, CONFIG_ENV, TOKEN_ENV, config_path, resolve
 from alignmesh.services.common.errors import AlignmeshError, ConfigError
-from alignmesh.services.common.settings import ClusterConfig
-
-
-ADDRESS_ENV, TOKEN_ENV = "ALIGNMESH_COORDINATOR", "ALIGNMESH_TOKEN"
-
-
-def coordinator_address(flag: str | None) -> tuple[str, str]:
-    """(address, where it came from): --coordinator, else $ALIGNMESH_COORDINATOR, else the local cluster started
-    by `alignmesh up`, else the conventional port."""
-    if flag:
-        return flag, "--coordinator"
-    if os.environ.get(ADDRESS_ENV):
-        return os.environ[ADDRESS_ENV], f"${ADDRESS_ENV}"
-    local = local_coordinator(ClusterConfig().state_dir)
-    if local:
-        return local, "the local cluster"
-    return DEFAULT_COORDINATOR, "the default"
 
 
 def _client(args):
     from alignmesh.clients.client import Client
 
-    address, source = coordinator_address(args.coordinator)
-    args.address, args.address_source = address, source  # for error messages and `jobs`
-    token, args.token_source = args.token, "--token" if args.token else ""
-    if token is None and os.environ.get(TOKEN_ENV):
-        token, args.token_source = os.environ[TOKEN_ENV], f"${TOKEN_ENV}"
-
-    def read(path):
-        return Path(path).read_bytes() if path else None
-
-    return Client(address, token=token, root_certificates=read(args.tls_ca),
-                  private_key=read(args.tls_key), certificate_chain=read(args.tls_cert))
-
-
-def _source_line(args) -> str:
-    """Which coordinator and which credentials a verb used (never the token itself)."""
-    creds = f"token from {args.token_source}" if args.token_source else "no token"
-    creds += ", TLS" if args.tls_ca else ""
-    return f"coordinator {args.address} (from {args.address_source}); {creds}"
+    profile = resolve(args.coordinator, args.token, args.tls_ca, args.tls_cert, args.tls_key)
+    args.address, args.profile = profile.address, profile  # for error messages and `jobs`
+    return Client(profile.address, token=profile.token, root_certificates=profile.tls_ca,
+                  private_key=profile.tls_key, certificate_chain=profile.tls_cert)
 
 
 def _read_job(path_text: str):
@@ -102,7 +71,7 @@ def _validate(args) -> int:
 def _jobs(args) -> int:
     with _client(args) as c:
         jobs = c.list()
-    print(_source_line(args), file=sys.stderr)  # stderr: the table (or JSON) on stdout stays clean for scripts
+    print(args.profile.describe(), file=sys.stderr)  # stderr: the table (or JSON) on stdout stays clean for scripts
     if args.output != "table":
         return _dump([dataclasses.asdict(j) for j in jobs], args.output)
     for j in jobs:  # a failed job's reason in one line; `alignmesh logs JOB` has the whole error
@@ -195,6 +164,13 @@ JOB_VERBS = (
 )
 
 
+CONFIG_HELP = f"""the coordinator and credentials come from flags, then ${ADDRESS_ENV}/${TOKEN_ENV}, then the client
+config file ({config_path()}, or ${CONFIG_ENV}), e.g.:
+  coordinator: rl-cluster.internal:50051
+  token_file: ~/.config/alignmesh/token
+  tls_ca: ~/.config/alignmesh/ca.pem"""
+
+
 def verb_parser(sub, name: str, helptext: str, example: str):
     """A subcommand whose ``--help`` ends with an example."""
     return sub.add_parser(name, help=helptext, description=helptext, epilog=f"example:\n  {example}",
@@ -205,10 +181,11 @@ def add_job_verbs(sub) -> None:
     for name, fn, helptext, example in JOB_VERBS:
         s = verb_parser(sub, name, helptext, example)
         s.add_argument("--coordinator", default=None,
-                       help=f"host:port (default: ${ADDRESS_ENV}, else the local cluster from `alignmesh up`, else "
-                            f"{DEFAULT_COORDINATOR})")
-        s.add_argument("--token", default=None, help=f"bearer token of the cluster (default: ${TOKEN_ENV})")
-        s.add_argument("--tls-ca", default=None, help="CA certificate: talk TLS to the coordinator")
+                       help=f"host:port (default: ${ADDRESS_ENV}, else `coordinator:` in the client config file, else "
+                            f"the local cluster from `alignmesh up`, else {DEFAULT_COORDINATOR})")
+        s.add_argument("--token", default=None, help=f"bearer token of the cluster (default: ${TOKEN_ENV}, else `token_file:` in the client "
+                            "config file)")
+        s.add_argument("--tls-ca", default=None, help="CA certificate: talk TLS to the coordinator (default: `tls_ca:` in the client config file)")
         s.add_argument("--tls-cert", default=None, help="client certificate (when the cluster requires one)")
         s.add_argument("--tls-key", default=None, help="client private key (with --tls-cert)")
         s.add_argument("--debug", action="store_true", help="show the traceback of a failure")
@@ -235,7 +212,8 @@ def add_job_verbs(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alignmesh", description="drive alignment-training jobs on an alignmesh cluster")
+    p = argparse.ArgumentParser(prog="alignmesh", description="drive alignment-training jobs on an alignmesh cluster",
+                                epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_job_verbs(p.add_subparsers(dest="cmd", required=True))
     return p
 
@@ -256,7 +234,7 @@ def _rpc_error(args, exc) -> tuple[str, int]:
         return (f"nothing answers at {address} ({code.name.lower()}); start a local cluster with `alignmesh up`, or "
                 f"point at one with --coordinator HOST:PORT", EXIT_UNREACHABLE)
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return f"{address} refused the call: {details} (credentials: --token, --tls-ca/--tls-cert/--tls-key)", \
+        return f"{address} refused the call: {details} (credentials: --token, --tls-ca/--tls-cert/--tls-key or the client config file)", \
             EXIT_REFUSED
     if code == grpc.StatusCode.NOT_FOUND:
         return details, EXIT_NOT_FOUND

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The CLI reads a client config file from the user's home; tests get an empty config directory of their own.
+for _name in ("ALIGNMESH_CLIENT_CONFIG", "ALIGNMESH_COORDINATOR", "ALIGNMESH_TOKEN"):
+    os.environ.pop(_name, None)
+os.environ["XDG_CONFIG_HOME"] = __import__("tempfile").mkdtemp(prefix="alignmesh-test-config-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -75,6 +75,34 @@ def test_refusals(secure):
     assert not health_ok(address)  # but it does need TLS
 
 
+def test_the_cli_takes_address_token_and_tls_from_the_client_config_file(secure, tmp_path):
+    """No flags, no environment: `alignmesh jobs` reaches the mTLS + token cluster from the client config file alone,
+    says where each setting came from, and never prints the token."""
+    import json
+    import os
+    import sys
+
+    cluster, tls = secure
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    config = tmp_path / "client.yaml"
+    config.write_text(f"coordinator: {cluster.coordinator_address()}\ntoken_file: {token}\ntls_ca: {tls['ca']}\n"
+                      f"tls_cert: {tls['cert']}\ntls_key: {tls['key']}\n")
+    env = {**os.environ, "ALIGNMESH_CLIENT_CONFIG": str(config)}
+    out = subprocess.run([sys.executable, "-m", "alignmesh.deploy.cli", "jobs", "-o", "json"], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert isinstance(json.loads(out.stdout), list)
+    assert out.stderr.strip() == (f"coordinator {cluster.coordinator_address()} (from {config}); token from {token}, "
+                                  f"TLS from {config}")
+    assert TOKEN not in out.stdout + out.stderr
+    token.write_text("wrong-token")
+    out = subprocess.run([sys.executable, "-m", "alignmesh.deploy.cli", "jobs"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 5 and "refused the call" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_the_message_cap_is_configurable_and_refuses_larger_requests(tiny_model_dir, tmp_path):
     """``security.max_message_mb: 1``: a 2 MB Score request is RESOURCE_EXHAUSTED; a small one is served."""
     from alignmesh.protos.reward.v1 import reward_pb2, reward_pb2_grpc
