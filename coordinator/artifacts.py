@@ -1,24 +1,35 @@
-"""Run directory artifacts: resolved config, metrics JSONL, learning-curve PNG, summary.json, and optionally
-TensorBoard event files (``tensorboard/``: every numeric metric as a scalar ``<stage>/<kind>/<name>``)."""
+"""Run directory artifacts: resolved config, metrics JSONL, learning-curve PNG, summary.json; each record and the
+summary also go to the job's experiment trackers (``coordinator/trackers.py``)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from alignmesh.services.common import durable
 
 
+log = logging.getLogger("alignmesh.runs")
+
+
 class RunDir:
-    def __init__(self, path: str | Path, tensorboard: bool = False):
+    def __init__(self, path: str | Path, on_tracker_error=None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.path / "metrics.jsonl", "a")
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # the tensorboard extra (checked at submit)
+        self.trackers: dict = {}
+        self._on_tracker_error = on_tracker_error or (lambda name, exc: None)
 
-            self._tb = SummaryWriter(str(self.path / "tensorboard"))
+    def _each_tracker(self, call) -> None:
+        """``call(tracker)`` on every tracker; one that raises is closed, dropped and reported once."""
+        for name, tracker in list(self.trackers.items()):
+            try:
+                call(tracker)
+            except Exception as exc:
+                log.exception("tracker %s failed; metrics.jsonl keeps the record", name)
+                self.trackers.pop(name)
+                self._on_tracker_error(name, exc)
 
     def write_config(self, text: str) -> None:
         (self.path / "config.resolved.yaml").write_text(text)
@@ -26,20 +37,18 @@ class RunDir:
     def append(self, record: dict) -> None:
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
-        if self._tb is not None:
-            for name, value in record["metrics"].items():
-                if isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"{record['stage']}/{record['kind']}/{name}", value, record["step"])
+        self._each_tracker(lambda t: t.log(record))
 
     def write_summary(self, summary: dict) -> Path:
         path = self.path / "summary.json"
         durable.write_text(path, json.dumps(summary, indent=2))
+        self._each_tracker(lambda t: t.summary(summary))
         return path
 
     def close(self) -> None:
         self._metrics.close()
-        if self._tb is not None:
-            self._tb.close()
+        self._each_tracker(lambda t: t.close())
+        self.trackers = {}
 
     def plot(self) -> Path | None:
         """Held-out accuracy and step reward against step, one panel per stage."""

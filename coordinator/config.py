@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,46 @@ class SyncConfig:
         return int(self.bucket_mb * 1024 * 1024)
 
 
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/ ]{0,127}")
+
+
+def _label(value: str, key: str) -> None:
+    _check(bool(_LABEL.fullmatch(value)), key, f"must be 1-128 letters, digits, spaces or _.-/ starting with a "
+                                                f"letter or digit, got {value!r}")
+
+
+@dataclass
+class WandbConfig:
+    """Log to Weights & Biases: offline by default (files under runs/<job>/wandb, upload later with `wandb sync`);
+    online only where the operator allows it (``coordinator.trackers_online``, WANDB_API_KEY on the coordinator)."""
+    project: str = "alignmesh"
+    mode: str = "offline"
+    entity: str = ""
+    name: str = ""  # default: the job's name, else its id
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self, where: str) -> None:
+        _check(self.mode in ("offline", "online"), f"{where}.mode", f"must be offline or online, got {self.mode!r}")
+        for key in ("project", "entity", "name"):
+            if getattr(self, key):
+                _label(getattr(self, key), f"{where}.{key}")
+        for i, tag in enumerate(self.tags):
+            _label(tag, f"{where}.tags[{i}]")
+
+
+@dataclass
+class MlflowConfig:
+    """Log to MLflow: the operator's tracking server (``coordinator.mlflow_tracking_uri``) or, by default, a SQLite
+    store in the run directory (runs/<job>/mlflow.db: ``mlflow ui --backend-store-uri sqlite:///…``)."""
+    experiment: str = "alignmesh"
+    run_name: str = ""  # default: the job's name, else its id
+
+    def validate(self, where: str) -> None:
+        _label(self.experiment, f"{where}.experiment")
+        if self.run_name:
+            _label(self.run_name, f"{where}.run_name")
+
+
 MAX_STALENESS = 16
 
 
@@ -123,6 +165,9 @@ class JobConfig:
     checkpoint_every: int = 50
     # Also write the metrics as TensorBoard event files under runs/<job>/tensorboard (the tensorboard extra).
     tensorboard: bool = False
+    # Experiment trackers besides the run directory's metrics.jsonl (each an optional extra on the coordinator).
+    wandb: WandbConfig | None = None
+    mlflow: MlflowConfig | None = None
     # Asynchronous training: collect experience for up to this many steps ahead of the step being trained, so no
     # sample is trained on more than this many weight versions after the one that generated it. 0: in turn.
     max_staleness: int = 0
@@ -138,11 +183,11 @@ class JobConfig:
     def check_environment(self) -> None:
         """What the coordinator's machine must provide: the files the job names, the packages it asks for."""
         self.dataset.check_files("dataset")
-        if self.tensorboard:
-            import importlib.util
-
-            _check(importlib.util.find_spec("tensorboard") is not None, "tensorboard",
-                   "needs the tensorboard package on the coordinator: pip install 'alignmesh[tensorboard]'")
+        for key, package, extra in (("tensorboard", "tensorboard", "tensorboard"), ("wandb", "wandb", "wandb"),
+                                    ("mlflow", "mlflow", "mlflow")):
+            if getattr(self, key):
+                _check(importlib.util.find_spec(package) is not None, key,
+                       f"needs the {package} package on the coordinator: pip install 'alignmesh[{extra}]'")
         if self.init:
             _check((Path(self.init).expanduser() / "config.json").is_file(), "init",
                    f"{self.init} is not a model directory (no config.json)")

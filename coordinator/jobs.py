@@ -38,6 +38,9 @@ def validate(text: str, cluster: ClusterConfig) -> JobConfig:
         if value:
             paths.check(field, value)
     cfg.check_environment()  # after the confinement: a job learns nothing of files outside the allowed places
+    if cfg.wandb is not None and cfg.wandb.mode == "online" and not cluster.coordinator.trackers_online:
+        raise ConfigError("wandb.mode: online sends the job's metrics off this cluster, which its operator has not "
+                          "allowed (coordinator.trackers_online); use mode: offline and `wandb sync` the run's files")
     return cfg
 
 

@@ -3,6 +3,7 @@ optional warm start, the flow, periodic resumable checkpoints, the artifacts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -18,11 +19,12 @@ from alignmesh.coordinator.flows.base import Cancelled, Control, FlowContext
 from alignmesh.coordinator.flows.registry import resolve
 from alignmesh.coordinator.flows.sft import SFT, SFTParams
 from alignmesh.coordinator.handles import make_pools
+from alignmesh.coordinator.trackers import open_trackers
 from alignmesh.coordinator.weights import WeightSync
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2
 from alignmesh.services.common import durable
-from alignmesh.services.common.config import from_dict
+from alignmesh.services.common.config import from_dict, to_dict
 from alignmesh.services.models.light_tokenizer import load_light_tokenizer
 from alignmesh.services.models.tiny import ensure_model
 
@@ -149,9 +151,11 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
     params = from_dict(flow_cls.Params, cfg.params, "params")
     model_path = str(ensure_model(cluster))
     tokenizer = load_light_tokenizer(model_path)
-    run = RunDir(rec.run_dir, tensorboard=cfg.tensorboard)
+    run = RunDir(rec.run_dir, on_tracker_error=lambda name, exc: manager.emit(
+        rec.id, "log", {"stage": "main", "message": f"tracker {name} failed ({exc}); metrics.jsonl has every record"}))
     run.write_config(rec.config_yaml)
     started = time.time()
+    job = {"id": rec.id, "name": rec.name, "config": cfg, "resolved": to_dict(cfg)}
 
     def emit(kind: str, payload: dict) -> None:
         manager.emit(rec.id, kind, payload)
@@ -176,6 +180,7 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
             await ckpt.save(step)
 
     try:
+        run.trackers = await asyncio.to_thread(open_trackers, cfg, Path(rec.run_dir), job, cluster.coordinator)
         await _prepare(ctx, ckpt, rec.run_dir, model_path)
         ctx.on_step_end = on_step_end
         await flow_cls().run(ctx)

@@ -175,6 +175,10 @@ class CoordinatorConfig:
     # A job whose trainer (or critic) stops answering waits this long for it to come back (restarted by the
     # launcher's supervision or the compose restart policy), then resumes from its last checkpoint; else it fails.
     trainer_recovery_s: float = 300.0
+    # Experiment trackers a job may select: jobs log to MLflow at this tracking URI ("" = a SQLite store in each
+    # run's directory), and may log to W&B online only if allowed here (WANDB_API_KEY in the coordinator's env).
+    mlflow_tracking_uri: str = ""
+    trackers_online: bool = False
 
     def validate(self, where: str) -> None:
         _positive(where, "rpc_timeout_s", self.rpc_timeout_s)

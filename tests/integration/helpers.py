@@ -95,3 +95,45 @@ def logprob_gap(model, prompts, comp, n, logp) -> float:
             mine = token_logprobs(model, seq, torch.ones_like(seq))[0, len(p):]
             gap = max(gap, float((mine - logp[i, :n[i]]).abs().max()))
     return gap
+
+
+def wandb_offline_history(run_dir: Path) -> list[dict]:
+    """The history rows of the W&B offline run(s) under ``run_dir``, read from the ``run-*.wandb`` file itself: a
+    7-byte header (``:W&B``, magic, version), then LevelDB-log records (crc32c, length, type) in 32 KiB blocks, each
+    a serialized ``wandb.proto.wandb_internal_pb2.Record``."""
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for path in sorted(Path(run_dir).glob("wandb/*run-*/run-*.wandb")):
+        data, pos, pending = path.read_bytes(), 7, b""
+        assert data[:4] == b":W&B", path
+        while pos + 7 <= len(data):
+            if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+                pos += 32768 - pos % 32768
+                continue
+            length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            if kind == 0 and length == 0:
+                continue
+            pending = chunk if kind in (1, 2) else pending + chunk
+            if kind in (1, 4):  # FULL or LAST
+                rec = wandb_internal_pb2.Record()
+                rec.ParseFromString(pending)
+                if rec.WhichOneof("record_type") == "history":
+                    rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                 for item in rec.history.item})
+    return rows
+
+
+def mlflow_history(run_dir: Path, experiment: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric of the job's MLflow run in the run directory's SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    (run,) = client.search_runs([exp.experiment_id])
+    return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))

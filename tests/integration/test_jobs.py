@@ -3,6 +3,7 @@ coordinator SIGKILL + restart with exact resume, and a rollout replica lost mid-
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.rollout.v1 import rollout_pb2_grpc
 from alignmesh.services.common.settings import load_cluster_config
 
-from helpers import cluster_yaml
+from helpers import cluster_yaml, mlflow_history, wandb_offline_history
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,8 @@ def main_steps(client: Client, job_id: str) -> dict[int, dict]:
 
 def test_watch_pause_update_resume_cancel(cluster):
     with Client(cluster.coordinator_address()) as client:
-        short = client.submit(job(3, tensorboard="true"), name="short")
+        short = client.submit(job(3, tensorboard="true", wandb="{project: am-test, tags: [ci]}",
+                                  mlflow="{experiment: am-exp}"), name="short")
         done = client.wait(short.id)
         assert done.state == "succeeded" and done.step == 3 and "reward_mean" in done.metrics
         kinds = [e.kind for e in client.watch(short.id)]
@@ -88,6 +90,13 @@ def test_watch_pause_update_resume_cancel(cluster):
         run = Path(done.run_dir)
         assert (run / "metrics.jsonl").is_file() and (run / "curve.png").is_file()
         assert any((run / "tensorboard").glob("events.out.tfevents.*"))  # read back in tests/unit
+        steps = [e for e in client.events(short.id) if e.kind == "step"]
+        rewards = [(e.step, pytest.approx(e.metrics["reward_mean"])) for e in steps]
+        rows = [r for r in wandb_offline_history(run) if "main/step/reward_mean" in r]
+        assert [(r["main/step"], r["main/step/reward_mean"]) for r in rows] == rewards
+        assert mlflow_history(run, "am-exp", "main/step/reward_mean") == rewards
+        after = json.loads((run / "summary.json").read_text())["accuracy_after"]
+        assert mlflow_history(run, "am-exp", "summary/accuracy_after") == [(0, pytest.approx(after))]
 
         j = client.submit(job(100000), name="long")
         wait_for_step(client, j.id, 3)
