@@ -148,6 +148,28 @@ def _logs(args) -> int:
     return 0
 
 
+def _scale(args) -> int:
+    """``scale role=N ...`` asks for replica counts; with none, prints the members and the counts asked for."""
+    counts = {}
+    for item in args.counts:
+        role, _, value = item.partition("=")
+        if not value.isdigit():
+            raise ConfigError(f"{item!r}: write role=count, e.g. rollout=3 (roles: rollout, reward, reference)")
+        counts[role] = int(value)
+    with _client(args) as c:
+        for role, n in counts.items():
+            c.scale(role, n)
+            print(f"{role}: {n} replicas asked")
+        members, desired = c.members()
+    if not counts:
+        rows = [("role", "address", "source", "state")] + [(m.role, m.address, m.source, m.state) for m in members]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))
+        for role, n in sorted(desired.items()):
+            print(f"{role}: {n} replicas asked")
+    return 0
+
+
 JOB_VERBS = (
     ("submit", _submit, "submit a job config (YAML) to the coordinator",
      "alignmesh submit examples/grpo_addition.yaml --name first --watch"),
@@ -161,6 +183,8 @@ JOB_VERBS = (
     ("resume", _resume, "resume a paused job", "alignmesh resume 3f2a9c1b07de"),
     ("update", _update, "change a running job's live knobs (name=value)",
      "alignmesh update 3f2a9c1b07de learning_rate=5e-5 temperature=0.8"),
+    ("scale", _scale, "ask for rollout/reward/reference replica counts (role=N); none: list the replicas",
+     "alignmesh scale rollout=3"),
 )
 
 
@@ -205,6 +229,8 @@ def add_job_verbs(sub) -> None:
             s.add_argument("job_id")
             if name == "logs":
                 s.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+        elif name == "scale":
+            s.add_argument("counts", nargs="*", help="role=count, e.g. rollout=3 reward=2")
         elif name == "update":
             s.add_argument("job_id")
             s.add_argument("knobs", nargs="+", help="name=value, e.g. learning_rate=5e-5 temperature=0.8")

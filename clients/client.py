@@ -71,6 +71,15 @@ class Event:
     message: str = ""
 
 
+@dataclass
+class Member:
+    role: str
+    address: str
+    source: str  # "config", "dns" or "registered"
+    state: str  # "active", "draining" or "drained"
+    lease_left_s: float = 0.0
+
+
 def _job(msg: coordinator_pb2.Job) -> Job:
     return Job(msg.id, msg.name, STATES[msg.state], msg.step, dict(msg.metrics), msg.error, msg.run_dir,
                msg.config_yaml, msg.created_at, msg.finished_at)
@@ -169,6 +178,28 @@ class Client:
         """Change live knobs (learning_rate, kl_coef, temperature, eval_every) from the next step on."""
         req = coordinator_pb2.UpdateJobRequest(job_id=job_id, knobs={k: float(v) for k, v in knobs.items()})
         return _job(self._read("UpdateJob", req))
+
+    @_typed
+    def scale(self, role: str, replicas: int) -> int:
+        """Ask for ``replicas`` replicas of ``role`` (rollout, reward or reference). A launcher that owns the
+        processes (``alignmesh up``) starts or drains replicas to match; running jobs take new ones in at their next
+        step, at the current weight version. Idempotent."""
+        req = coordinator_pb2.ScaleRoleRequest(role=role, replicas=replicas)
+        return self._read("ScaleRole", req).replicas
+
+    @_typed
+    def members(self) -> tuple[list[Member], dict[str, int]]:
+        """The replicas the coordinator knows, and the replica counts asked for by ``scale``."""
+        reply = self._read("ListMembers", coordinator_pb2.ListMembersRequest())
+        return ([Member(m.role, m.address, m.source, m.state, m.lease_left_s) for m in reply.members],
+                dict(reply.desired))
+
+    @_typed
+    def register_member(self, role: str, address: str, lease_s: float = 0.0, leaving: bool = False) -> Member:
+        """Register (or renew, or with ``leaving`` drain) a replica at ``address``. Idempotent."""
+        req = coordinator_pb2.RegisterMemberRequest(role=role, address=address, lease_s=lease_s, leaving=leaving)
+        m = self._read("RegisterMember", req)
+        return Member(m.role, m.address, m.source, m.state, m.lease_left_s)
 
     @_typed_stream
     def watch(self, job_id: str, after_seq: int = 0, timeout_s: float = 7 * 24 * 3600) -> Iterator[Event]:

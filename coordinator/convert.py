@@ -174,3 +174,8 @@ def list_request_from_proto(req: coordinator_pb2.ListJobsRequest) -> tuple[int, 
 def page_token(rec) -> str:
     """The opaque token of the page after ``rec``."""
     return base64.urlsafe_b64encode(f"{rec.created_at!r}|{rec.id}".encode()).decode()
+
+
+def member_to_proto(view) -> coordinator_pb2.Member:
+    return coordinator_pb2.Member(role=view.role, address=view.address, source=view.source, state=view.state,
+                                  lease_left_s=view.lease_left_s)

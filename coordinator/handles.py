@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -62,14 +63,15 @@ def open_channel(address: str, security: SecurityConfig) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=options)
 
 
-def endpoints(role: str, addresses: list[str], security: SecurityConfig, stub_cls) -> list[Endpoint]:
+def connect(role: str, replica: int, address: str, security: SecurityConfig, stub_cls) -> Endpoint:
     token = security.bearer()
     meta = (("authorization", f"Bearer {token}"),) if token else ()
-    out = []
-    for i, addr in enumerate(addresses):
-        channel = open_channel(addr, security)
-        out.append(Endpoint(role, i, addr, channel, stub_cls(channel), meta))
-    return out
+    channel = open_channel(address, security)
+    return Endpoint(role, replica, address, channel, stub_cls(channel), meta)
+
+
+def endpoints(role: str, addresses: list[str], security: SecurityConfig, stub_cls) -> list[Endpoint]:
+    return [connect(role, i, addr, security, stub_cls) for i, addr in enumerate(addresses)]
 
 
 class Pool:
@@ -81,6 +83,9 @@ class Pool:
             raise ValueError("a pool needs at least one replica")
         self.eps, self.timeout_s, self.retries, self.backoff_s = eps, timeout_s, retries, backoff_s
         self.ledger = ledger if ledger is not None else RpcLedger()
+        self.connect: Callable[[int, str], Endpoint] | None = None  # (replica, address) -> Endpoint, for update
+        self.retired: list[Endpoint] = []  # removed replicas: their channels close with the pool
+        self._next_replica = len(eps)
 
     def healthy(self) -> list[Endpoint]:
         up = [e for e in self.eps if e.healthy]
@@ -114,8 +119,28 @@ class Pool:
                            handler_seconds(await call.trailing_metadata()))
         return response
 
+    def update(self, addresses: list[str]) -> tuple[list[str], list[str]]:
+        """Make the replicas ``addresses``: (added, removed). A new replica starts marked down, so it gets no
+        work before it is admitted (after its health check, and for rollout and reference replicas after it
+        holds the current weights); a removed one gets no new work, and calls it is serving finish on their
+        own. An empty list leaves the pool as it is (a job never loses its last replica this way)."""
+        if not addresses or self.connect is None:
+            return [], []
+        have = {ep.address for ep in self.eps}
+        removed = [ep for ep in self.eps if ep.address not in addresses]
+        added = []
+        for address in addresses:
+            if address not in have:
+                ep = self.connect(self._next_replica, address)
+                self._next_replica += 1
+                ep.healthy = False
+                added.append(ep)
+        self.eps = [ep for ep in self.eps if ep.address in addresses] + added
+        self.retired += removed
+        return [ep.address for ep in added], [ep.address for ep in removed]
+
     async def close(self) -> None:
-        await asyncio.gather(*(e.channel.close() for e in self.eps))
+        await asyncio.gather(*(e.channel.close() for e in self.eps + self.retired))
 
 
 def _split(n: int, parts: int) -> list[tuple[int, int]]:
@@ -260,9 +285,21 @@ class TrainerHandle(Pool):
         return await self.call("GetWeightManifest", trainer_pb2.GetWeightManifestRequest(bucket_bytes=bucket_bytes))
 
 
+STUBS = {"rollout": rollout_pb2_grpc.RolloutServiceStub, "reward": reward_pb2_grpc.RewardServiceStub,
+         "reference": reference_pb2_grpc.ReferenceServiceStub}
+
+
 def make_pools(addresses: dict[str, list[str]], security: SecurityConfig, timeout_s: float, pad_id: int,
                ledger: RpcLedger | None = None):
-    """Handles to every role; they share ``ledger`` (the RPC payload accounting)."""
+    """Handles to every role; they share ``ledger`` (the RPC payload accounting). The rollout, reward and
+    reference pools can change members while a job runs (``Pool.update``)."""
+    pools = _make_pools(addresses, security, timeout_s, pad_id, ledger)
+    for role, pool in zip(STUBS, pools):
+        pool.connect = (lambda replica, address, role=role: connect(role, replica, address, security, STUBS[role]))
+    return pools
+
+
+def _make_pools(addresses, security, timeout_s, pad_id, ledger):
     ledger = ledger if ledger is not None else RpcLedger()
     return (RolloutPool(endpoints("rollout", addresses["rollout"], security, rollout_pb2_grpc.RolloutServiceStub),
                         timeout_s, pad_id, ledger),

@@ -17,6 +17,7 @@ from alignmesh.coordinator.handles import TrainerUnavailable, endpoints, probe
 from alignmesh.coordinator.runner import run_job
 from alignmesh.coordinator.store import FINAL, STATES, Event, JobRecord, JobStore, StoreFault
 from alignmesh.services.common.config import dump_yaml, from_dict
+from alignmesh.coordinator.membership import Membership
 from alignmesh.services.common.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from alignmesh.services.common.paths import path_policy
 from alignmesh.services.common.settings import ClusterConfig
@@ -47,6 +48,7 @@ def validate(text: str, cluster: ClusterConfig) -> JobConfig:
 class JobManager:
     def __init__(self, cluster: ClusterConfig, store: JobStore):
         self.cluster, self.store = cluster, store
+        self.membership = Membership(cluster.endpoints)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._watchers: dict[str, list[asyncio.Queue]] = {}
         self._controls: dict[str, Control] = {}

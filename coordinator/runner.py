@@ -163,7 +163,10 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
             run.append({"kind": kind, "stage": payload["stage"], "step": payload["step"],
                         "metrics": payload["metrics"], "time": time.time() - started})
 
-    rollout, reward, reference, trainer, critic = make_pools(cluster.endpoints, cluster.security,
+    await manager.membership.refresh_dns()
+    manager.membership.applied_by(rec.id, manager.membership.generation)
+    rollout, reward, reference, trainer, critic = make_pools(manager.membership.pools_addresses(cluster.endpoints),
+                                                             cluster.security,
                                                              cluster.coordinator.rpc_timeout_s,
                                                              int(tokenizer.pad_token_id))
     sync = WeightSync(trainer, cluster.coordinator.store_host, cfg.sync.bucket_bytes, cfg.sync.timeout_s,
@@ -171,7 +174,7 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
     data = load_splits(cfg)
     ctx = FlowContext(cfg, params, rollout, reward, reference, trainer, tokenizer, data,
                       PromptSampler(data.train, cfg.seed), sync, emit, control, critic=critic,
-                      run_dir=rec.run_dir)
+                      run_dir=rec.run_dir, membership=manager.membership, job_id=rec.id)
     ckpt = Checkpointer(ctx, rec.run_dir)
     every = cfg.checkpoint_every
 
@@ -197,6 +200,7 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
     except Cancelled:
         pass
     finally:
+        manager.membership.detach(rec.id)
         run.close()
         for pool in (rollout, reward, reference, trainer, critic):
             if pool is not None:

@@ -51,6 +51,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def UpdateJob(self, request, context):
         return convert.job_to_proto(self.manager.update(request.job_id, dict(request.knobs)))
 
+    async def RegisterMember(self, request, context):
+        view = self.manager.membership.register(request.role, request.address, request.lease_s, request.leaving)
+        return convert.member_to_proto(view)
+
+    async def ListMembers(self, request, context):
+        m = self.manager.membership
+        return coordinator_pb2.ListMembersResponse(members=[convert.member_to_proto(v) for v in m.members()],
+                                                   desired=m.desired)
+
+    async def ScaleRole(self, request, context):
+        replicas = self.manager.membership.scale(request.role, request.replicas)
+        return coordinator_pb2.ScaleRoleResponse(role=request.role, replicas=replicas)
+
 
 def build_coordinator(cluster: ClusterConfig):
     missing = [r for r in ("trainer", "rollout", "reward", "reference") if not cluster.endpoints.get(r)]

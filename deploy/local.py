@@ -188,6 +188,36 @@ class LocalCluster:
                 raise RuntimeError(f"{role}-{replica} did not come back (log: {self.members[i].log})")
             time.sleep(0.2)
 
+    def add_member(self, role: str) -> Member:
+        """Start one more replica of ``role`` on fresh ports (not waited for: see ``member_healthy``)."""
+        replica = 1 + max((m.replica for m in self.members if m.role == role), default=-1)
+        port, mport = _free_ports(2, self.cfg.host)
+        m = Member(role, replica, port, mport, log=str(self.state_dir / "logs" / f"{role}-{replica}.log"))
+        self.members.append(m)
+        self._procs.append(self._spawn(m))
+        self._write_state()
+        return m
+
+    def member_state(self, m: Member) -> str:
+        """"serving", "starting" or "exited"."""
+        if self._procs[self.members.index(m)].poll() is not None:
+            return "exited"
+        return "serving" if health_ok(self.address(m), security=self.cfg.security) else "starting"
+
+    def remove_member(self, m: Member, grace_s: float = 15.0) -> None:
+        """Stop one replica (SIGTERM: in-flight calls finish; SIGKILL after ``grace_s``) and forget it."""
+        i = self.members.index(m)
+        proc = self._procs[i]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        del self.members[i], self._procs[i]
+        self._write_state()
+
     def _wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         pending = list(zip(self.members, self._procs))

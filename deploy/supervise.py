@@ -25,13 +25,27 @@ class Supervisor:
         self.stopped = threading.Event()  # set to end ``run`` (from another thread)
         self.restarts = 0
 
-    def run(self, poll_s: float = 0.5) -> None:
-        """Watch until interrupted or ``stopped``; raises CrashLoop."""
-        while not self.stopped.is_set():
-            for i, proc in enumerate(list(self.cluster._procs)):
-                if proc.poll() is not None:
-                    self._revive(i, proc.returncode)
-            time.sleep(poll_s)
+    def run(self, poll_s: float = 0.5, scale_every_s: float = 1.0) -> None:
+        """Watch until interrupted or ``stopped``; raises CrashLoop. Also reconciles the replica counts asked of
+        the coordinator (``alignmesh scale``: ``deploy/scaler.py``)."""
+        from alignmesh.deploy.scaler import Scaler
+
+        self.scaler = Scaler(self.cluster, say=self.say)
+        next_scale = 0.0
+        try:
+            while not self.stopped.is_set():
+                for i, proc in enumerate(list(self.cluster._procs)):
+                    if proc.poll() is not None and self.scaler.starting.get(self.cluster.members[i].name) is None:
+                        self._revive(i, proc.returncode)
+                if time.monotonic() >= next_scale:
+                    try:
+                        self.scaler.tick()
+                    except Exception as exc:  # scaling never stops the supervision
+                        self.say(f"scaling: {exc!r}")
+                    next_scale = time.monotonic() + scale_every_s
+                time.sleep(poll_s)
+        finally:
+            self.scaler.close()
 
     def _revive(self, i: int, code: int) -> None:
         m = self.cluster.members[i]

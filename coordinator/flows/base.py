@@ -19,6 +19,7 @@ from alignmesh.coordinator.config import JobConfig
 from alignmesh.coordinator.data import Example, PromptSampler, Splits
 from alignmesh.coordinator.flows import sequences
 from alignmesh.coordinator.flows.pipeline import PHASES, Ahead, resumed
+from alignmesh.coordinator.membership import Membership
 from alignmesh.coordinator.handles import ReferencePool, RewardPool, RolloutPool, TrainerHandle
 from alignmesh.coordinator.weights import SyncResult, WeightSync
 
@@ -72,6 +73,8 @@ class FlowContext:
     phases: dict[str, float] = field(default_factory=dict)
     step_started: float = 0.0
     trained_cursor: int | None = None  # the sampler's cursor after the prompts of the last step trained
+    membership: Membership | None = None  # elastic replicas: applied at every step boundary
+    job_id: str = ""
 
     # -- data ---------------------------------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> list[list[int]]:
@@ -190,9 +193,25 @@ class FlowContext:
             self.phases = {}
             self.trainer.ledger.reset()  # shared by every role handle
             self.step_started = time.perf_counter()
+            await self.refresh_members()
             yield step
             if self.on_step_end is not None:
                 await self.on_step_end(step)
+
+    async def refresh_members(self) -> None:
+        """Apply the cluster's current rollout/reward/reference membership (``coordinator/membership.py``): new
+        replicas join marked down (admitted after their health check and, for rollout, after the next weight push
+        brings them to the current version); leaving ones get no new work."""
+        m = self.membership
+        if m is None:
+            return
+        await m.refresh_dns()
+        generation = m.generation
+        for role, pool in (("rollout", self.rollout), ("reward", self.reward), ("reference", self.reference)):
+            added, removed = pool.update(m.addresses(role))
+            if added or removed:
+                self.log(f"{role} replicas: joined {added or '[]'}, left {removed or '[]'}; now {len(pool.eps)}")
+        m.applied_by(self.job_id, generation)
 
     async def experience(self, total: int, collect: Callable[[int], Awaitable[Any]]) -> AsyncIterator[tuple[int, Any]]:
         """``steps(total)``, each with ``await collect(step)``: with ``max_staleness`` k > 0, ``collect`` runs for
@@ -231,6 +250,7 @@ class FlowContext:
         """A step event: the flow's metrics, the time per phase and in total, and the RPC payload of the step."""
         timings = {f"time_{k}": v for k, v in self.phases.items()}
         timings["time_step"] = time.perf_counter() - self.step_started
+        timings["rollout_replicas"] = float(sum(ep.healthy for ep in self.rollout.eps))
         timings.update(self.trainer.ledger.metrics())
         self.emit("step", {"stage": self.stage, "step": step, "metrics": {**metrics, **timings}})
 

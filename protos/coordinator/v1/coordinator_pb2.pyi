@@ -160,3 +160,64 @@ class UpdateJobRequest(_message.Message):
     job_id: str
     knobs: _containers.ScalarMap[str, float]
     def __init__(self, job_id: _Optional[str] = ..., knobs: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class RegisterMemberRequest(_message.Message):
+    __slots__ = ("role", "address", "lease_s", "leaving")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    LEAVING_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    address: str
+    lease_s: float
+    leaving: bool
+    def __init__(self, role: _Optional[str] = ..., address: _Optional[str] = ..., lease_s: _Optional[float] = ..., leaving: _Optional[bool] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("role", "address", "source", "state", "lease_left_s")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_LEFT_S_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    address: str
+    source: str
+    state: str
+    lease_left_s: float
+    def __init__(self, role: _Optional[str] = ..., address: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., lease_left_s: _Optional[float] = ...) -> None: ...
+
+class ListMembersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListMembersResponse(_message.Message):
+    __slots__ = ("members", "desired")
+    class DesiredEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    desired: _containers.ScalarMap[str, int]
+    def __init__(self, members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., desired: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class ScaleRoleRequest(_message.Message):
+    __slots__ = ("role", "replicas")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    replicas: int
+    def __init__(self, role: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class ScaleRoleResponse(_message.Message):
+    __slots__ = ("role", "replicas")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    replicas: int
+    def __init__(self, role: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...

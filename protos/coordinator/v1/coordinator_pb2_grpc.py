@@ -74,6 +74,21 @@ class CoordinatorServiceStub:
                 request_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.UpdateJobRequest.SerializeToString,
                 response_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.FromString,
                 _registered_method=True)
+        self.RegisterMember = channel.unary_unary(
+                '/alignmesh.coordinator.v1.CoordinatorService/RegisterMember',
+                request_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterMemberRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Member.FromString,
+                _registered_method=True)
+        self.ListMembers = channel.unary_unary(
+                '/alignmesh.coordinator.v1.CoordinatorService/ListMembers',
+                request_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ListMembersRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ListMembersResponse.FromString,
+                _registered_method=True)
+        self.ScaleRole = channel.unary_unary(
+                '/alignmesh.coordinator.v1.CoordinatorService/ScaleRole',
+                request_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ScaleRoleRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ScaleRoleResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -130,6 +145,30 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterMember(self, request, context):
+        """Elastic membership of the rollout, reward and reference roles. A replica (or the launcher that started it)
+        registers its address and renews the registration before `lease_s` runs out; `leaving` drains it: no new
+        work, and its state becomes "drained" once no running job uses it. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMembers(self, request, context):
+        """Every member the coordinator knows: from its config, resolved from DNS names, or registered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScaleRole(self, request, context):
+        """The number of replicas a role should have; a launcher that owns processes (`alignmesh up`) starts or drains
+        replicas to match. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +211,21 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.UpdateJob,
                     request_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.UpdateJobRequest.FromString,
                     response_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
+            ),
+            'RegisterMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterMember,
+                    request_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterMemberRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Member.SerializeToString,
+            ),
+            'ListMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembers,
+                    request_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ListMembersRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ListMembersResponse.SerializeToString,
+            ),
+            'ScaleRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScaleRole,
+                    request_deserializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ScaleRoleRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ScaleRoleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -390,6 +444,87 @@ class CoordinatorService:
             '/alignmesh.coordinator.v1.CoordinatorService/UpdateJob',
             alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.UpdateJobRequest.SerializeToString,
             alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.coordinator.v1.CoordinatorService/RegisterMember',
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterMemberRequest.SerializeToString,
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.Member.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.coordinator.v1.CoordinatorService/ListMembers',
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ListMembersRequest.SerializeToString,
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ListMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScaleRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.coordinator.v1.CoordinatorService/ScaleRole',
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ScaleRoleRequest.SerializeToString,
+            alignmesh_dot_protos_dot_coordinator_dot_v1_dot_coordinator__pb2.ScaleRoleResponse.FromString,
             options,
             channel_credentials,
             insecure,

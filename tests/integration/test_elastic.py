@@ -1,0 +1,94 @@
+"""Elastic replicas during a running job: `alignmesh scale rollout=3`, then `rollout=1`, with the launcher's
+supervision reconciling (as `alignmesh up` does). New replicas receive the current weights before they get work
+and then generate; removed ones are drained and stopped; every step keeps its exact sample count."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from alignmesh.clients.client import Client
+from alignmesh.deploy.supervise import Supervisor
+
+from test_jobs import main_steps, start_cluster
+
+pytestmark = pytest.mark.integration
+PROMPTS, GROUP = 8, 4
+JOB = f"""
+steps: 100000
+seed: 4
+max_staleness: 1
+params: {{prompts_per_step: {PROMPTS}, group_size: {GROUP}, learning_rate: 1.0e-4, off_policy: tis}}
+eval: {{every: 100000, size: 20}}
+sync: {{bucket_mb: 1, timeout_s: 10}}
+reward_fn: digits
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir, tmp_path_factory):
+    c = start_cluster(tmp_path_factory.mktemp("elastic"), tiny_model_dir, cpu_plan="overlapped")
+    said: list[str] = []
+    supervisor = Supervisor(c, backoff_s=0.2, say=said.append)
+    thread = threading.Thread(target=supervisor.run, kwargs={"poll_s": 0.1}, daemon=True)
+    thread.start()
+    yield c, said
+    supervisor.stopped.set()
+    thread.join(10)
+    c.stop()
+
+
+def wait(predicate, what: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def generated(cluster, member) -> float:
+    """Generate calls a rollout replica has answered (its Prometheus counter)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{member.metrics_port}/metrics", timeout=5).read().decode()
+    found = re.findall(r'alignmesh_rpc_total\{[^}]*method="Generate"[^}]*\} ([0-9.e+]+)', text)
+    return sum(float(v) for v in found)
+
+
+def test_scale_rollout_1_to_3_to_1_during_a_job(cluster):
+    c, said = cluster
+    cli = [sys.executable, "-m", "alignmesh.deploy.cli", "scale", "--coordinator", c.coordinator_address()]
+    with Client(c.coordinator_address()) as client:
+        job = client.submit(JOB, name="elastic")
+        wait(lambda: client.get(job.id).step >= 3, "the job to train 3 steps")
+        out = subprocess.run([*cli, "rollout=3"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "rollout: 3 replicas asked" in out.stdout, out.stderr
+        wait(lambda: sum(m.role == "rollout" and m.state == "active" for m in client.members()[0]) == 3,
+             "3 active rollout replicas")
+        joined_at = client.get(job.id).step
+        new = [m for m in c.members if m.role == "rollout" and m.replica > 0]
+        assert len(new) == 2
+        wait(lambda: all(generated(c, m) > 0 for m in new), "the new replicas to generate")
+        three = client.get(job.id).step
+        wait(lambda: client.get(job.id).step >= three + 3, "3 more steps on 3 replicas")
+
+        assert client.scale("rollout", 1) == 1
+        wait(lambda: [m.replica for m in c.members if m.role == "rollout"] == [0], "replicas 1 and 2 to stop")
+        assert all(m.state == "drained" for m in client.members()[0] if m.address.endswith(
+            tuple(f":{n.port}" for n in new)))
+        one = client.get(job.id).step
+        wait(lambda: client.get(job.id).step >= one + 3, "3 more steps on 1 replica")
+        client.cancel(job.id)
+        client.wait(job.id, timeout_s=60)
+        steps = main_steps(client, job.id)
+        logs = [e.message for e in client.events(job.id) if e.kind == "log"]
+    assert sorted(steps) == list(range(1, max(steps) + 1))
+    assert all(m["samples"] == PROMPTS * GROUP for m in steps.values())  # none lost or doubled
+    assert any(m["rollout_replicas"] == 3 for s, m in steps.items() if s > joined_at)
+    assert steps[max(steps)]["rollout_replicas"] == 1
+    assert max(m["version_lag_max"] for m in steps.values()) <= 1
+    assert any("rollout replicas: joined" in line for line in logs) and any("left" in line for line in logs)
+    assert sum("draining" in line for line in said) == 2 and sum("stopped (drained)" in line for line in said) == 2
