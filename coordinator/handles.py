@@ -56,17 +56,22 @@ RECONNECT = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_ba
              ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
-def open_channel(address: str, security: SecurityConfig) -> grpc.aio.Channel:
+def open_channel(address: str, security: SecurityConfig, authority: str | None = None) -> grpc.aio.Channel:
+    """``authority``: the name a TLS certificate must carry when ``address`` is an IP resolved from that name
+    (``dns:///`` members)."""
     creds, options = channel_credentials(security), grpc_options(security) + RECONNECT
     if creds is not None:
+        if authority:
+            options = options + [("grpc.ssl_target_name_override", authority)]
         return grpc.aio.secure_channel(address, creds, options=options)
     return grpc.aio.insecure_channel(address, options=options)
 
 
-def connect(role: str, replica: int, address: str, security: SecurityConfig, stub_cls) -> Endpoint:
+def connect(role: str, replica: int, address: str, security: SecurityConfig, stub_cls,
+            authority: str | None = None) -> Endpoint:
     token = security.bearer()
     meta = (("authorization", f"Bearer {token}"),) if token else ()
-    channel = open_channel(address, security)
+    channel = open_channel(address, security, authority)
     return Endpoint(role, replica, address, channel, stub_cls(channel), meta)
 
 
@@ -290,23 +295,23 @@ STUBS = {"rollout": rollout_pb2_grpc.RolloutServiceStub, "reward": reward_pb2_gr
 
 
 def make_pools(addresses: dict[str, list[str]], security: SecurityConfig, timeout_s: float, pad_id: int,
-               ledger: RpcLedger | None = None):
+               ledger: RpcLedger | None = None, authority: Callable[[str], str | None] = lambda address: None):
     """Handles to every role; they share ``ledger`` (the RPC payload accounting). The rollout, reward and
-    reference pools can change members while a job runs (``Pool.update``)."""
-    pools = _make_pools(addresses, security, timeout_s, pad_id, ledger)
-    for role, pool in zip(STUBS, pools):
-        pool.connect = (lambda replica, address, role=role: connect(role, replica, address, security, STUBS[role]))
-    return pools
-
-
-def _make_pools(addresses, security, timeout_s, pad_id, ledger):
+    reference pools can change members while a job runs (``Pool.update``); ``authority(address)`` is the TLS
+    name of a member known by a DNS name."""
     ledger = ledger if ledger is not None else RpcLedger()
-    return (RolloutPool(endpoints("rollout", addresses["rollout"], security, rollout_pb2_grpc.RolloutServiceStub),
-                        timeout_s, pad_id, ledger),
-            RewardPool(endpoints("reward", addresses["reward"], security, reward_pb2_grpc.RewardServiceStub),
-                       timeout_s, ledger=ledger),
-            ReferencePool(endpoints("reference", addresses["reference"], security,
-                                    reference_pb2_grpc.ReferenceServiceStub), timeout_s, ledger=ledger),
+
+    def connector(role: str) -> Callable[[int, str], Endpoint]:
+        return lambda replica, address: connect(role, replica, address, security, STUBS[role], authority(address))
+
+    def elastic(cls, role: str, **kwargs) -> Pool:
+        pool = cls([connector(role)(i, a) for i, a in enumerate(addresses[role])], timeout_s, ledger=ledger,
+                   **kwargs)
+        pool.connect = connector(role)
+        return pool
+
+    return (elastic(RolloutPool, "rollout", pad_id=pad_id), elastic(RewardPool, "reward"),
+            elastic(ReferencePool, "reference"),
             TrainerHandle(endpoints("trainer", addresses["trainer"], security, trainer_pb2_grpc.TrainerServiceStub),
                           timeout_s, ledger=ledger),
             TrainerHandle(endpoints("critic", addresses["critic"], security, trainer_pb2_grpc.TrainerServiceStub),

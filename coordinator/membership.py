@@ -56,6 +56,7 @@ class Membership:
         self.static = {r: [a for a in endpoints.get(r, []) if not a.startswith(DNS_PREFIX)] for r in ELASTIC}
         self.dns = {r: [a for a in endpoints.get(r, []) if a.startswith(DNS_PREFIX)] for r in ELASTIC}
         self.resolved: dict[str, list[str]] = {r: [] for r in ELASTIC}
+        self.names: dict[str, str] = {}  # resolved address -> the DNS name it came from
         self.leases: dict[tuple[str, str], float] = {}  # (role, address) -> expiry (clock)
         self.leaving: dict[tuple[str, str], int] = {}  # (role, address) -> generation at which it left
         self.desired: dict[str, int] = {}
@@ -92,7 +93,12 @@ class Membership:
 
     async def refresh_dns(self) -> None:
         for role in ELASTIC:
-            found = sorted({a for entry in self.dns[role] for a in await resolve_dns(entry)})
+            found = set()
+            for entry in self.dns[role]:
+                for address in await resolve_dns(entry):
+                    found.add(address)
+                    self.names[address] = entry[len(DNS_PREFIX):].rpartition(":")[0]
+            found = sorted(found)
             if found != self.resolved[role]:
                 self.resolved[role] = found
                 self.generation += 1
@@ -107,6 +113,10 @@ class Membership:
             if addr not in out and (role, addr) not in self.leaving:
                 out.append(addr)
         return out
+
+    def authority(self, address: str) -> str | None:
+        """The DNS name a resolved member's TLS certificate is checked against (None: its address)."""
+        return self.names.get(address)
 
     def pools_addresses(self, endpoints: dict[str, list[str]]) -> dict[str, list[str]]:
         """The addresses a job starts with: the elastic roles' current members, the others from the config."""

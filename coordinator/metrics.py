@@ -20,6 +20,10 @@ RPC_BYTES = Counter("alignmesh_experience_rpc_bytes_total", "Payload bytes of th
                     ["role"])
 RPC_TRANSFER = Counter("alignmesh_experience_rpc_transfer_seconds_total",
                        "RPC wall time minus server handler time, summed over the coordinator's calls", ["role"])
+ROLLOUT_SHARE = Gauge("alignmesh_rollout_time_share",
+                      "Share of the last step's time the trainer waited for experience (generation, scoring): "
+                      "near 1, more rollout replicas would speed the job up; the rollout autoscaling signal")
+ROLLOUT_REPLICAS = Gauge("alignmesh_rollout_replicas", "Rollout replicas serving the running job")
 JOBS = Gauge("alignmesh_jobs", "Jobs by state", ["state"])
 
 
@@ -28,6 +32,11 @@ def observe_step(stage: str, metrics: dict[str, float]) -> None:
     for key, value in metrics.items():
         if key.startswith("time_"):
             PHASE_SECONDS.labels(key[5:]).observe(value)
+    if metrics.get("time_step"):
+        waited = metrics.get("time_wait", metrics.get("time_generate", 0.0) + metrics.get("time_reward", 0.0))
+        ROLLOUT_SHARE.set(min(1.0, waited / metrics["time_step"]))
+    if "rollout_replicas" in metrics:
+        ROLLOUT_REPLICAS.set(metrics["rollout_replicas"])
     if "reward_mean" in metrics:
         REWARD_MEAN.set(metrics["reward_mean"])
     if "kl" in metrics:

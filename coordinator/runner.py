@@ -168,7 +168,8 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
     rollout, reward, reference, trainer, critic = make_pools(manager.membership.pools_addresses(cluster.endpoints),
                                                              cluster.security,
                                                              cluster.coordinator.rpc_timeout_s,
-                                                             int(tokenizer.pad_token_id))
+                                                             int(tokenizer.pad_token_id),
+                                                             authority=manager.membership.authority)
     sync = WeightSync(trainer, cluster.coordinator.store_host, cfg.sync.bucket_bytes, cfg.sync.timeout_s,
                       cfg.sync.backend)
     data = load_splits(cfg)

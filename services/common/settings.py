@@ -210,10 +210,23 @@ class ClusterConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
-    # Addresses of every replica by role ("host:port"); the local launcher fills them in.
+    # Addresses of every replica by role ("host:port"); the local launcher fills them in. For rollout, reward and
+    # reference, "dns:///name:port" stands for every address the name resolves to, re-resolved by the coordinator
+    # at each step (a Kubernetes headless Service, a compose network alias): replicas join and leave with it.
     endpoints: dict[str, list[str]] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
+        for role, addresses in self.endpoints.items():
+            if role not in ROLES:
+                raise ConfigError(f"{_join_key(where, 'endpoints')}.{role}: not a role; roles: {', '.join(ROLES)}")
+            for address in addresses:
+                if address.startswith("dns:///") and role not in ("rollout", "reward", "reference"):
+                    raise ConfigError(f"{_join_key(where, 'endpoints')}.{role}: {address}: only rollout, reward and "
+                                      f"reference replicas are found by DNS; give the {role} as host:port")
+                host, sep, port = address.removeprefix("dns:///").rpartition(":")
+                if not sep or not host or not port.isdigit():
+                    raise ConfigError(f"{_join_key(where, 'endpoints')}.{role}: {address!r} is not host:port "
+                                      f"(or dns:///name:port)")
         if self.threads_per_process is not None:
             _positive(where, "threads_per_process", self.threads_per_process)
         if self.cpu_plan not in ("phased", "overlapped"):
