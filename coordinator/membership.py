@@ -151,9 +151,20 @@ class Membership:
         return MemberView(role, address, source, state, left if source == "registered" else 0.0)
 
     def members(self) -> list[MemberView]:
+        self._forget_gone()
         keys = [(r, a) for r in ELASTIC for a in [*self.static[r], *self.resolved[r]]]
         keys += [k for k in [*self.leases, *self.leaving] if k not in keys]
         return [self.view(r, a) for r, a in dict.fromkeys(keys)]
+
+
+    def _forget_gone(self, after_s: float = 600.0) -> None:
+        """Registrations whose lease ended ``after_s`` ago are forgotten (a job that still had them dropped them
+        when the lease ended)."""
+        now = self.clock()
+        for key, until in list(self.leases.items()):
+            if until < now - after_s:
+                del self.leases[key]
+                self.leaving.pop(key, None)
 
 
 def _check_role(role: str, field: str = "role") -> None:

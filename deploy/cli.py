@@ -25,7 +25,8 @@ def missing_server_modules() -> list[str]:
 def _serve(args) -> int:
     from alignmesh.deploy.serve import run
 
-    run(args.role, load_cluster_config(args.config), args.port, args.metrics_port, args.host, args.insecure)
+    run(args.role, load_cluster_config(args.config), args.port, args.metrics_port, args.host, args.insecure,
+        args.register_with, args.advertise)
     return 0
 
 
@@ -103,6 +104,12 @@ def add_server_verbs(sub) -> None:
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--metrics-port", type=int, default=0)
     s.add_argument("--host", default=None, help="address to listen on (default: the config's host)")
+    s.add_argument("--register-with", default=None, metavar="HOST:PORT",
+                   help="rollout/reward/reference: register with this coordinator once serving (renewed; "
+                        "'leaving' on SIGTERM), for replicas no endpoints list knows in advance")
+    s.add_argument("--advertise", default=None, metavar="HOST",
+                   help="with --register-with: the host others reach this replica at (default: --host, or this "
+                        "machine's name when listening on every interface)")
     s.add_argument("--insecure", action="store_true",
                    help="listen beyond loopback without authentication (only on a network you trust)")
     s.set_defaults(fn=_serve, server=True)

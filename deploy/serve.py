@@ -11,6 +11,7 @@ from alignmesh.services.common import threads
 from alignmesh.services.common.paths import path_policy
 from alignmesh.services.common.registry import load_plugins
 from alignmesh.services.common.server import ServeSpec, check_exposure, serve
+from alignmesh.services.common.errors import ConfigError
 from alignmesh.services.common.settings import ROLES, ClusterConfig
 
 COMPUTE_ROLES = ("trainer", "critic", "rollout", "reference")
@@ -115,11 +116,19 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
 
 def run(role: str, cfg: ClusterConfig, port: int, metrics_port: int, host: str | None = None,
-        insecure: bool = False) -> None:
+        insecure: bool = False, register_with: str | None = None, advertise: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
     spec = ServeSpec(role=role, host=host or cfg.host, port=port, metrics_port=metrics_port,
                      security=cfg.security, insecure=insecure)
     check_exposure(spec)  # before the slow part
     threads.apply(default_threads(cfg, role))
+    announcer = None
+    if register_with:
+        from alignmesh.deploy.announce import Announcer, advertise_host
+
+        if role not in ("rollout", "reward", "reference"):
+            raise ConfigError(f"--register-with: only rollout, reward and reference replicas register; the {role} "
+                              f"is listed in endpoints.{role}")
+        announcer = Announcer(role, register_with, advertise_host(spec.host, advertise), cfg.security)
     register = build(role, cfg)
-    asyncio.run(serve(spec, register, on_stop=getattr(register, "close", None)))
+    asyncio.run(serve(spec, register, on_stop=getattr(register, "close", None), lifecycle=announcer))

@@ -94,10 +94,11 @@ def _health_reporter(role: str, health, names: Sequence[str]) -> Callable[[bool]
 
 
 async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[str]],
-                on_stop: Callable[[], None] | None = None) -> None:
+                on_stop: Callable[[], None] | None = None, lifecycle=None) -> None:
     """Register servicers (``register`` returns their full service names), serve until SIGTERM/SIGINT.
 
     On a signal: health reports NOT_SERVING, new calls are refused, in-flight calls get ``grace_s`` to finish.
+    ``lifecycle`` (optional): ``started(port)`` once serving, ``await stopping()`` when a stop is requested.
     """
     check_exposure(spec)
     server = build_server(spec)
@@ -121,6 +122,8 @@ async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[
     if hook is not None:  # a role that can lose a dependency (the coordinator's database) reports it
         hook(_health_reporter(spec.role, health, names))
     log.info("%s serving on %s:%d, metrics on :%d", spec.role, spec.host, bound, mport)
+    if lifecycle is not None:
+        lifecycle.started(bound)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,6 +131,8 @@ async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[
     await stopping.wait()
     log.info("%s: stop requested; NOT_SERVING, draining for up to %.0fs", spec.role, spec.grace_s)
     await health.enter_graceful_shutdown()
+    if lifecycle is not None:
+        await lifecycle.stopping()
     metrics.SERVING.labels(spec.role).set(0)
     await server.stop(spec.grace_s)
     if on_stop is not None:

@@ -92,3 +92,44 @@ def test_scale_rollout_1_to_3_to_1_during_a_job(cluster):
     assert max(m["version_lag_max"] for m in steps.values()) <= 1
     assert any("rollout replicas: joined" in line for line in logs) and any("left" in line for line in logs)
     assert sum("draining" in line for line in said) == 2 and sum("stopped (drained)" in line for line in said) == 2
+
+
+def test_a_replica_that_registers_itself_joins_and_leaves_on_sigterm(cluster, tmp_path):
+    """`alignmesh serve rollout --register-with COORDINATOR --port 0`: no list names it; it registers once serving,
+    gets work at the current weights, and says it is leaving on SIGTERM (drained; the job loses nothing)."""
+    import os
+    import signal
+
+    c, _ = cluster
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "extra.log", "w")
+    with Client(c.coordinator_address()) as client:
+        job = client.submit(JOB.replace("seed: 4", "seed: 6"), name="self-registered")
+        wait(lambda: client.get(job.id).step >= 2, "the job to train 2 steps")
+        extra = subprocess.Popen([sys.executable, "-m", "alignmesh.deploy.cli", "serve", "rollout", "--config",
+                                  str(c.resolved), "--port", "0", "--register-with", c.coordinator_address()],
+                                 stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait(lambda: any(m.source == "registered" and m.state == "active" for m in client.members()[0]),
+                 "the new replica to register")
+            (member,) = [m for m in client.members()[0] if m.source == "registered" and m.state == "active"]
+            assert 0 < member.lease_left_s <= 30
+            wait(lambda: any(m["rollout_replicas"] == 2 for m in main_steps(client, job.id).values()),
+                 "a step on 2 replicas")
+            extra.send_signal(signal.SIGTERM)
+            assert extra.wait(timeout=60) == 0
+            state = next(m.state for m in client.members()[0] if m.address == member.address)
+            assert state in ("draining", "drained")
+            wait(lambda: next(m.state for m in client.members()[0] if m.address == member.address) == "drained",
+                 "the coordinator to let it go")
+            after = client.get(job.id).step
+            wait(lambda: client.get(job.id).step >= after + 3, "3 more steps without it")
+        finally:
+            if extra.poll() is None:
+                extra.kill()
+        client.cancel(job.id)
+        client.wait(job.id, timeout_s=60)
+        steps = main_steps(client, job.id)
+    assert all(m["samples"] == PROMPTS * GROUP for m in steps.values())
+    assert steps[max(steps)]["rollout_replicas"] == 1
+    assert "is leaving" in (tmp_path / "extra.log").read_text()  # it said so before it stopped

@@ -74,3 +74,14 @@ def test_dns_entries_resolve_to_every_address_and_changes_bump_the_generation():
     asyncio.run(m.refresh_dns())
     assert m.generation == g0 + 1  # same answer: nothing to apply
     assert asyncio.run(resolve_dns("dns:///no-such-host.invalid:1")) == []
+
+
+def test_registrations_long_gone_are_forgotten():
+    clock = Clock()
+    m = Membership({"rollout": ["a:1"]}, clock=clock)
+    m.register("rollout", "b:2", lease_s=10)
+    m.register("rollout", "b:2", leaving=True)
+    clock.t += 10 + 599
+    assert [v.address for v in m.members() if v.role == "rollout"] == ["a:1", "b:2"]
+    clock.t += 2
+    assert [v.address for v in m.members() if v.role == "rollout"] == ["a:1"]

@@ -1,0 +1,78 @@
+"""``alignmesh serve ROLE --register-with COORDINATOR``: a replica that announces itself.
+
+Once serving, the replica registers its address with the coordinator (``RegisterMember``) and renews the lease
+every ``every_s`` seconds, so that a coordinator restarted meanwhile learns it again within one renewal. On
+SIGTERM it says it is leaving (running jobs give it no new work) before it stops serving. For replicas that no
+list or DNS name knows in advance: compose ``--scale`` on host networking (each replica on a port of its own),
+bare-metal fleets. Registration failures are logged and retried; they never stop the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+log = logging.getLogger("alignmesh.announce")
+
+
+class Announcer:
+    def __init__(self, role: str, coordinator: str, advertise_host: str, security, lease_s: float = 30.0,
+                 every_s: float = 5.0):
+        self.role, self.coordinator, self.advertise_host = role, coordinator, advertise_host
+        self.security, self.lease_s, self.every_s = security, lease_s, every_s
+        self.address = ""
+        self._task: asyncio.Task | None = None
+        self._client = None
+
+    def client(self):
+        if self._client is None:
+            from alignmesh.clients.client import Client
+
+            tls = self.security.tls
+            read = (lambda p: Path(p).read_bytes() if p else None)
+            self._client = Client(self.coordinator, token=self.security.bearer(), timeout_s=5, retries=0,
+                                  root_certificates=read(tls.ca) if tls else None,
+                                  private_key=read(tls.key) if tls and tls.ca else None,
+                                  certificate_chain=read(tls.cert) if tls and tls.ca else None)
+        return self._client
+
+    def started(self, port: int) -> None:
+        self.address = f"{self.advertise_host}:{port}"
+        self._task = asyncio.create_task(self._renew(), name="announce")
+
+    async def _renew(self) -> None:
+        failing = False
+        while True:
+            try:
+                await asyncio.to_thread(self.client().register_member, self.role, self.address, self.lease_s)
+                if failing:
+                    log.info("registered with the coordinator at %s again", self.coordinator)
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - retried; the service keeps serving
+                if not failing:
+                    log.warning("cannot register %s with the coordinator at %s: %s; retrying every %.0fs",
+                                self.address, self.coordinator, exc, self.every_s)
+                failing = True
+            await asyncio.sleep(self.every_s)
+
+    async def stopping(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        try:
+            await asyncio.to_thread(self.client().register_member, self.role, self.address, 0.0, True)
+            log.info("told the coordinator that %s is leaving", self.address)
+        except Exception as exc:  # noqa: BLE001 - its lease runs out instead
+            log.warning("could not tell the coordinator that %s is leaving: %s", self.address, exc)
+        self.client().close()
+
+
+def advertise_host(bind_host: str, given: str | None) -> str:
+    """The host others reach this replica at: ``--advertise``, else the bind host, else (bound to every
+    interface) this machine's name."""
+    if given:
+        return given
+    if bind_host not in ("0.0.0.0", "::", ""):
+        return bind_host
+    return socket.getfqdn()
