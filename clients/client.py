@@ -78,6 +78,7 @@ class Member:
     source: str  # "config", "dns" or "registered"
     state: str  # "active", "draining" or "drained"
     lease_left_s: float = 0.0
+    metrics_address: str = ""
 
 
 def _job(msg: coordinator_pb2.Job) -> Job:
@@ -191,15 +192,17 @@ class Client:
     def members(self) -> tuple[list[Member], dict[str, int]]:
         """The replicas the coordinator knows, and the replica counts asked for by ``scale``."""
         reply = self._read("ListMembers", coordinator_pb2.ListMembersRequest())
-        return ([Member(m.role, m.address, m.source, m.state, m.lease_left_s) for m in reply.members],
-                dict(reply.desired))
+        return ([Member(m.role, m.address, m.source, m.state, m.lease_left_s, m.metrics_address)
+                 for m in reply.members], dict(reply.desired))
 
     @_typed
-    def register_member(self, role: str, address: str, lease_s: float = 0.0, leaving: bool = False) -> Member:
+    def register_member(self, role: str, address: str, lease_s: float = 0.0, leaving: bool = False,
+                        metrics_address: str = "") -> Member:
         """Register (or renew, or with ``leaving`` drain) a replica at ``address``. Idempotent."""
-        req = coordinator_pb2.RegisterMemberRequest(role=role, address=address, lease_s=lease_s, leaving=leaving)
+        req = coordinator_pb2.RegisterMemberRequest(role=role, address=address, lease_s=lease_s, leaving=leaving,
+                                                    metrics_address=metrics_address)
         m = self._read("RegisterMember", req)
-        return Member(m.role, m.address, m.source, m.state, m.lease_left_s)
+        return Member(m.role, m.address, m.source, m.state, m.lease_left_s, m.metrics_address)
 
     @_typed_stream
     def watch(self, job_id: str, after_seq: int = 0, timeout_s: float = 7 * 24 * 3600) -> Iterator[Event]:

@@ -178,4 +178,4 @@ def page_token(rec) -> str:
 
 def member_to_proto(view) -> coordinator_pb2.Member:
     return coordinator_pb2.Member(role=view.role, address=view.address, source=view.source, state=view.state,
-                                  lease_left_s=view.lease_left_s)
+                                  lease_left_s=view.lease_left_s, metrics_address=view.metrics_address)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -16,8 +17,9 @@ from alignmesh.coordinator.flows.registry import FLOWS, resolve
 from alignmesh.coordinator.handles import TrainerUnavailable, endpoints, probe
 from alignmesh.coordinator.runner import run_job
 from alignmesh.coordinator.store import FINAL, STATES, Event, JobRecord, JobStore, StoreFault
-from alignmesh.services.common.config import dump_yaml, from_dict
 from alignmesh.coordinator.membership import Membership
+from alignmesh.services.common import durable
+from alignmesh.services.common.config import dump_yaml, from_dict
 from alignmesh.services.common.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound
 from alignmesh.services.common.paths import path_policy
 from alignmesh.services.common.settings import ClusterConfig
@@ -53,6 +55,17 @@ class JobManager:
         self._watchers: dict[str, list[asyncio.Queue]] = {}
         self._controls: dict[str, Control] = {}
         self._worker: asyncio.Task | None = None
+
+    def write_targets(self) -> None:
+        """The registered members' metrics addresses as a Prometheus file_sd file (``coordinator.targets_file``),
+        rewritten when they change."""
+        path = self.cluster.coordinator.targets_file
+        if not path:
+            return
+        text = json.dumps(self.membership.scrape_targets(), indent=1)
+        if text != getattr(self, "_targets_text", None):
+            durable.write_text(Path(path), text)
+            self._targets_text = text
 
     def start(self) -> None:
         for rec in self.store.list():  # jobs left queued or running by a previous coordinator process

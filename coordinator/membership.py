@@ -31,6 +31,7 @@ class MemberView:
     source: str  # config | dns | registered
     state: str  # active | draining | drained
     lease_left_s: float = 0.0
+    metrics_address: str = ""
 
 
 def check_address(address: str, field: str = "address") -> str:
@@ -59,15 +60,19 @@ class Membership:
         self.names: dict[str, str] = {}  # resolved address -> the DNS name it came from
         self.leases: dict[tuple[str, str], float] = {}  # (role, address) -> expiry (clock)
         self.leaving: dict[tuple[str, str], int] = {}  # (role, address) -> generation at which it left
+        self.metrics: dict[tuple[str, str], str] = {}  # (role, address) -> its metrics host:port, if registered
         self.desired: dict[str, int] = {}
         self.generation = 0  # bumped by every change a job must apply
         self.applied: dict[str, int] = {}  # job id -> generation it has applied
         self.clock = clock
 
     # -- changes ------------------------------------------------------------------------------------------
-    def register(self, role: str, address: str, lease_s: float = 0.0, leaving: bool = False) -> MemberView:
+    def register(self, role: str, address: str, lease_s: float = 0.0, leaving: bool = False,
+                 metrics_address: str = "") -> MemberView:
         _check_role(role)
         check_address(address)
+        if metrics_address:
+            self.metrics[(role, address)] = check_address(metrics_address, "metrics_address")
         if not 0 <= lease_s <= MAX_LEASE_S:
             raise InvalidArgument("lease_s", f"must be in [0, {MAX_LEASE_S:.0f}] seconds (0: "
                                              f"{DEFAULT_LEASE_S:.0f}), got {lease_s}")
@@ -148,7 +153,8 @@ class Membership:
             state = "drained"  # the lease ran out: treated as gone
         else:
             state = "active"
-        return MemberView(role, address, source, state, left if source == "registered" else 0.0)
+        return MemberView(role, address, source, state, left if source == "registered" else 0.0,
+                          self.metrics.get(key, ""))
 
     def members(self) -> list[MemberView]:
         self._forget_gone()
@@ -165,6 +171,15 @@ class Membership:
             if until < now - after_s:
                 del self.leases[key]
                 self.leaving.pop(key, None)
+                self.metrics.pop(key, None)
+
+    def scrape_targets(self) -> list[dict]:
+        """Prometheus file_sd groups: the metrics addresses of the active registered members, by role."""
+        groups = {}
+        for v in self.members():
+            if v.metrics_address and v.state == "active":
+                groups.setdefault(v.role, []).append(v.metrics_address)
+        return [{"targets": sorted(t), "labels": {"service": role}} for role, t in sorted(groups.items())]
 
 
 def _check_role(role: str, field: str = "role") -> None:

@@ -52,7 +52,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return convert.job_to_proto(self.manager.update(request.job_id, dict(request.knobs)))
 
     async def RegisterMember(self, request, context):
-        view = self.manager.membership.register(request.role, request.address, request.lease_s, request.leaving)
+        m = self.manager.membership
+        view = m.register(request.role, request.address, request.lease_s, request.leaving, request.metrics_address)
+        self.manager.write_targets()
         return convert.member_to_proto(view)
 
     async def ListMembers(self, request, context):
@@ -66,10 +68,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
 
 def build_coordinator(cluster: ClusterConfig):
-    missing = [r for r in ("trainer", "rollout", "reward", "reference") if not cluster.endpoints.get(r)]
-    if missing:
-        raise ConfigError(f"endpoints: the coordinator needs the addresses of {missing} (endpoints.<role>: "
-                          f"[host:port, ...])")
+    if not cluster.endpoints.get("trainer"):
+        raise ConfigError("endpoints.trainer: the coordinator needs the trainer's address (endpoints.trainer: "
+                          "[host:port])")
+    # Rollout, reward and reference replicas may also register themselves (serve --register-with): a job that
+    # starts while a role has none fails naming it.
     store = JobStore(cluster.coordinator.db)
     manager = JobManager(cluster, store)
     servicer = CoordinatorServicer(manager)

@@ -22,7 +22,7 @@ class Announcer:
                  every_s: float = 5.0):
         self.role, self.coordinator, self.advertise_host = role, coordinator, advertise_host
         self.security, self.lease_s, self.every_s = security, lease_s, every_s
-        self.address = ""
+        self.address = self.metrics_address = ""
         self._task: asyncio.Task | None = None
         self._client = None
 
@@ -38,15 +38,17 @@ class Announcer:
                                   certificate_chain=read(tls.cert) if tls and tls.ca else None)
         return self._client
 
-    def started(self, port: int) -> None:
+    def started(self, port: int, metrics_port: int = 0) -> None:
         self.address = f"{self.advertise_host}:{port}"
+        self.metrics_address = f"{self.advertise_host}:{metrics_port}" if metrics_port else ""
         self._task = asyncio.create_task(self._renew(), name="announce")
 
     async def _renew(self) -> None:
         failing = False
         while True:
             try:
-                await asyncio.to_thread(self.client().register_member, self.role, self.address, self.lease_s)
+                await asyncio.to_thread(self.client().register_member, self.role, self.address, self.lease_s,
+                                        False, self.metrics_address)
                 if failing:
                     log.info("registered with the coordinator at %s again", self.coordinator)
                 failing = False

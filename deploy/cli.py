@@ -26,7 +26,7 @@ def _serve(args) -> int:
     from alignmesh.deploy.serve import run
 
     run(args.role, load_cluster_config(args.config), args.port, args.metrics_port, args.host, args.insecure,
-        args.register_with, args.advertise)
+        args.register_with, args.advertise, args.port_file)
     return 0
 
 
@@ -107,6 +107,8 @@ def add_server_verbs(sub) -> None:
     s.add_argument("--register-with", default=None, metavar="HOST:PORT",
                    help="rollout/reward/reference: register with this coordinator once serving (renewed; "
                         "'leaving' on SIGTERM), for replicas no endpoints list knows in advance")
+    s.add_argument("--port-file", default=None, metavar="PATH",
+                   help="write host:port here once listening (with --port 0: for health checks)")
     s.add_argument("--advertise", default=None, metavar="HOST",
                    help="with --register-with: the host others reach this replica at (default: --host, or this "
                         "machine's name when listening on every interface)")

@@ -116,10 +116,11 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
 
 def run(role: str, cfg: ClusterConfig, port: int, metrics_port: int, host: str | None = None,
-        insecure: bool = False, register_with: str | None = None, advertise: str | None = None) -> None:
+        insecure: bool = False, register_with: str | None = None, advertise: str | None = None,
+        port_file: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
     spec = ServeSpec(role=role, host=host or cfg.host, port=port, metrics_port=metrics_port,
-                     security=cfg.security, insecure=insecure)
+                     security=cfg.security, insecure=insecure, port_file=port_file)
     check_exposure(spec)  # before the slow part
     threads.apply(default_threads(cfg, role))
     announcer = None

@@ -38,6 +38,7 @@ class ServeSpec:
     security: SecurityConfig
     grace_s: float = 10.0
     insecure: bool = False  # serve beyond loopback without authentication (an explicit choice)
+    port_file: str | None = None  # written with host:port once bound (port 0: a port chosen at start)
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -98,7 +99,8 @@ async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[
     """Register servicers (``register`` returns their full service names), serve until SIGTERM/SIGINT.
 
     On a signal: health reports NOT_SERVING, new calls are refused, in-flight calls get ``grace_s`` to finish.
-    ``lifecycle`` (optional): ``started(port)`` once serving, ``await stopping()`` when a stop is requested.
+    ``lifecycle`` (optional): ``started(port, metrics_port)`` once serving, ``await stopping()`` when a stop is
+    requested.
     """
     check_exposure(spec)
     server = build_server(spec)
@@ -122,8 +124,10 @@ async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[
     if hook is not None:  # a role that can lose a dependency (the coordinator's database) reports it
         hook(_health_reporter(spec.role, health, names))
     log.info("%s serving on %s:%d, metrics on :%d", spec.role, spec.host, bound, mport)
+    if spec.port_file:  # e.g. for a container health check of a replica on a port chosen at start
+        Path(spec.port_file).write_text(f"{'127.0.0.1' if spec.host in ('0.0.0.0', '::') else spec.host}:{bound}\n")
     if lifecycle is not None:
-        lifecycle.started(bound)
+        lifecycle.started(bound, mport)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

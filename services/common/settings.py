@@ -179,6 +179,8 @@ class CoordinatorConfig:
     # run's directory), and may log to W&B online only if allowed here (WANDB_API_KEY in the coordinator's env).
     mlflow_tracking_uri: str = ""
     trackers_online: bool = False
+    # Where to write the registered replicas' metrics addresses as a Prometheus file_sd file ("" = nowhere).
+    targets_file: str = ""
 
     def validate(self, where: str) -> None:
         _positive(where, "rpc_timeout_s", self.rpc_timeout_s)

@@ -33,7 +33,9 @@ reward_fn: digits
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model_dir, tmp_path_factory):
-    c = start_cluster(tmp_path_factory.mktemp("elastic"), tiny_model_dir, cpu_plan="overlapped")
+    tmp = tmp_path_factory.mktemp("elastic")
+    c = start_cluster(tmp, tiny_model_dir, cpu_plan="overlapped",
+                      coordinator={"targets_file": str(tmp / "targets.json")})
     said: list[str] = []
     supervisor = Supervisor(c, backoff_s=0.2, say=said.append)
     thread = threading.Thread(target=supervisor.run, kwargs={"poll_s": 0.1}, daemon=True)
@@ -114,6 +116,13 @@ def test_a_replica_that_registers_itself_joins_and_leaves_on_sigterm(cluster, tm
                  "the new replica to register")
             (member,) = [m for m in client.members()[0] if m.source == "registered" and m.state == "active"]
             assert 0 < member.lease_left_s <= 30
+            # Prometheus finds its metrics through the coordinator's file_sd file, and they answer there
+            import json
+
+            targets = json.loads(open(c.cfg.coordinator.targets_file).read())
+            assert {"targets": [member.metrics_address], "labels": {"service": "rollout"}} in targets
+            assert b"alignmesh_rpc_total" in urllib.request.urlopen(f"http://{member.metrics_address}/metrics",
+                                                                    timeout=5).read()
             wait(lambda: any(m["rollout_replicas"] == 2 for m in main_steps(client, job.id).values()),
                  "a step on 2 replicas")
             extra.send_signal(signal.SIGTERM)
@@ -122,6 +131,7 @@ def test_a_replica_that_registers_itself_joins_and_leaves_on_sigterm(cluster, tm
             assert state in ("draining", "drained")
             wait(lambda: next(m.state for m in client.members()[0] if m.address == member.address) == "drained",
                  "the coordinator to let it go")
+            assert member.metrics_address not in open(c.cfg.coordinator.targets_file).read()
             after = client.get(job.id).step
             wait(lambda: client.get(job.id).step >= after + 3, "3 more steps without it")
         finally:

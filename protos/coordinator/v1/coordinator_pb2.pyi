@@ -162,30 +162,34 @@ class UpdateJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., knobs: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RegisterMemberRequest(_message.Message):
-    __slots__ = ("role", "address", "lease_s", "leaving")
+    __slots__ = ("role", "address", "lease_s", "leaving", "metrics_address")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
     LEAVING_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     role: str
     address: str
     lease_s: float
     leaving: bool
-    def __init__(self, role: _Optional[str] = ..., address: _Optional[str] = ..., lease_s: _Optional[float] = ..., leaving: _Optional[bool] = ...) -> None: ...
+    metrics_address: str
+    def __init__(self, role: _Optional[str] = ..., address: _Optional[str] = ..., lease_s: _Optional[float] = ..., leaving: _Optional[bool] = ..., metrics_address: _Optional[str] = ...) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("role", "address", "source", "state", "lease_left_s")
+    __slots__ = ("role", "address", "source", "state", "lease_left_s", "metrics_address")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LEASE_LEFT_S_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     role: str
     address: str
     source: str
     state: str
     lease_left_s: float
-    def __init__(self, role: _Optional[str] = ..., address: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., lease_left_s: _Optional[float] = ...) -> None: ...
+    metrics_address: str
+    def __init__(self, role: _Optional[str] = ..., address: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., lease_left_s: _Optional[float] = ..., metrics_address: _Optional[str] = ...) -> None: ...
 
 class ListMembersRequest(_message.Message):
     __slots__ = ()
