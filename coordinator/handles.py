@@ -39,6 +39,7 @@ class Endpoint:
     stub: object
     metadata: tuple = ()
     healthy: bool = True
+    fresh: bool = False  # joined a running job and not yet admitted (rollout: not yet holding the job's weights)
 
 
 async def probe(ep: Endpoint, timeout_s: float = 2.0) -> bool:
@@ -138,7 +139,7 @@ class Pool:
             if address not in have:
                 ep = self.connect(self._next_replica, address)
                 self._next_replica += 1
-                ep.healthy = False
+                ep.healthy, ep.fresh = False, True
                 added.append(ep)
         self.eps = [ep for ep in self.eps if ep.address in addresses] + added
         self.retired += removed

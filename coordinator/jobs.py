@@ -64,7 +64,7 @@ class JobManager:
             return
         text = json.dumps(self.membership.scrape_targets(), indent=1)
         if text != getattr(self, "_targets_text", None):
-            durable.write_text(Path(path), text)
+            durable.write_text(Path(path), text, mode=0o644)  # read by Prometheus (another user)
             self._targets_text = text
 
     def start(self) -> None:

@@ -123,8 +123,25 @@ class WeightSync:
                 result = await self._push_to(name, behind or alive, version)
             readmit = alive
         for ep in readmit:  # only now: a replica serves requests again once it holds the current version
-            ep.healthy = True
+            ep.healthy, ep.fresh = True, False
         return result
+
+    async def admit(self, name: str, pool: Pool, version: int) -> int:
+        """Bring replicas that joined a running job (``Endpoint.fresh``) to the trainer's current weights, as
+        ``version``, in a group of their own, and admit them; the pool's group re-forms with them at the next push.
+        Call between steps, when the trainer holds exactly ``version``. Returns how many were admitted."""
+        ready = [ep for ep in pool.eps if ep.fresh and await probe(ep, timeout_s=0.5)]
+        if not ready:
+            return 0
+        try:
+            await self._push_to(f"{name}-join", ready, version)
+        except Aborted as err:  # they stay fresh and are tried again at the next step
+            log.warning("%s replicas %s could not receive version %d yet: %s", name,
+                        [ep.address for ep in ready], version, err)
+            return 0
+        for ep in ready:
+            ep.fresh, ep.healthy = False, True
+        return len(ready)
 
     async def _served_version(self, ep: Endpoint) -> int:
         try:

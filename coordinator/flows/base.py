@@ -212,6 +212,10 @@ class FlowContext:
             if added or removed:
                 self.log(f"{role} replicas: joined {added or '[]'}, left {removed or '[]'}; now {len(pool.eps)}")
         m.applied_by(self.job_id, generation)
+        if self.version and any(ep.fresh for ep in self.rollout.eps):  # between steps: the trainer holds version
+            admitted = await self.sync.admit("rollout", self.rollout, self.version)
+            if admitted:
+                self.log(f"{admitted} new rollout replica(s) admitted at weight version {self.version}")
 
     async def experience(self, total: int, collect: Callable[[int], Awaitable[Any]]) -> AsyncIterator[tuple[int, Any]]:
         """``steps(total)``, each with ``await collect(step)``: with ``max_staleness`` k > 0, ``collect`` runs for

@@ -20,11 +20,13 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically: a reader sees the old file or the new one, never a torn one."""
+def write_text(path: str | Path, text: str, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``text`` atomically: a reader sees the old file or the new one, never a torn one.
+    ``mode``: the file's permissions (private unless said otherwise)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
