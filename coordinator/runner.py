@@ -171,7 +171,7 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
                                                              int(tokenizer.pad_token_id),
                                                              authority=manager.membership.authority)
     sync = WeightSync(trainer, cluster.coordinator.store_host, cfg.sync.bucket_bytes, cfg.sync.timeout_s,
-                      cfg.sync.backend)
+                      cfg.sync.backend, dtypes={"rollout": cluster.rollout.dtype, "reference": cluster.reference.dtype})
     data = load_splits(cfg)
     ctx = FlowContext(cfg, params, rollout, reward, reference, trainer, tokenizer, data,
                       PromptSampler(data.train, cfg.seed), sync, emit, control, critic=critic,

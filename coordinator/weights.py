@@ -59,12 +59,14 @@ class WeightSync:
     """One sync group per named target set (e.g. "rollout", "reference"), each trainer rank 0 + receivers."""
 
     def __init__(self, trainer: TrainerHandle, store_host: str, bucket_bytes: int, timeout_s: float,
-                 backend: str = "auto"):
+                 backend: str = "auto", dtypes: dict[str, str] | None = None):
+        """``dtypes``: the dtype each target set serves ("rollout" -> "bfloat16"); weights go cast to it."""
         self.trainer, self.store_host = trainer, store_host
+        self.dtypes = dict(dtypes or {})
         self.bucket_bytes, self.timeout_s, self.backend = bucket_bytes, timeout_s, backend
         self._store, self._listener = listening_store(store_host, timeout_s)
         self._groups: dict[str, tuple[str, tuple[str, ...]]] = {}  # name -> (group id, member addresses)
-        self._manifest: weights_pb2.WeightManifest | None = None
+        self._manifests: dict[str, weights_pb2.WeightManifest] = {}  # by dtype
 
     async def _rpc(self, ep: Endpoint, method: str, request, timeout: float):
         return await getattr(ep.stub, method)(request, timeout=timeout, metadata=ep.metadata)
@@ -154,13 +156,15 @@ class WeightSync:
         if self._groups.get(name, ("", ()))[1] != key:
             await self.form(name, receivers)
         group_id = self._groups[name][0]
-        if self._manifest is None:
-            self._manifest = await self.trainer.manifest(self.bucket_bytes)
+        dtype = self.dtypes.get(name.removesuffix("-join"), "")
+        if dtype not in self._manifests:
+            self._manifests[dtype] = await self.trainer.manifest(self.bucket_bytes, dtype)
         start = time.perf_counter()
         deadline = self.timeout_s + 10
         publish = self._rpc(self.trainer.eps[0], "PublishWeights", trainer_pb2.PublishWeightsRequest(
-            group_id=group_id, version=version, bucket_bytes=self.bucket_bytes), deadline)
-        prepares = [self._rpc(ep, "PrepareWeightUpdate", convert.prepare_request(group_id, version, self._manifest),
+            group_id=group_id, version=version, bucket_bytes=self.bucket_bytes, dtype=dtype), deadline)
+        prepares = [self._rpc(ep, "PrepareWeightUpdate", convert.prepare_request(group_id, version,
+                                                                                 self._manifests[dtype]),
                               deadline) for ep in receivers]
         try:
             results = await _all_or_raise([publish, *prepares], f"weight sync to version {version}")

@@ -65,13 +65,15 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
         r = cfg.rollout
         extra = dict(kv_cache_gb=r.kv_cache_gb) if r.backend == "vllm" else {}
-        be = backend.create(r.backend, model_path=path, max_batch_size=r.max_batch_size, device=r.device, **extra)
+        be = backend.create(r.backend, model_path=path, max_batch_size=r.max_batch_size, device=r.device,
+                            dtype=r.dtype, **extra)
         svc = servicer.RolloutServicer(be, vocab, context)
     elif role == "reference":
         from alignmesh.services.reference import backend, servicer
 
         be = backend.TorchReferenceBackend(path, device=cfg.reference.device,
-                                           micro_batch_size=cfg.reference.micro_batch_size)
+                                           micro_batch_size=cfg.reference.micro_batch_size,
+                                           dtype=cfg.reference.dtype)
         svc = servicer.ReferenceServicer(be, vocab, path_policy(cfg), context)
     elif role == "reward":
         from alignmesh.services.reward import servicer
@@ -91,7 +93,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
         t = cfg.trainer
         load_plugins(t.plugins, "trainer.plugins")  # user losses (multi-process trainers load them in every rank)
-        extra = {}
+        extra = dict(dtype=t.dtype, gradient_checkpointing=t.gradient_checkpointing) if t.backend == "torch" else {}
         if t.backend in ("deepspeed", "megatron"):  # each rank gets its share of the trainer's cores
             extra = dict(plugins=t.plugins, processes=t.processes, zero_stage=t.zero_stage, tensor_parallel=t.tensor_parallel,
                          dist_timeout_s=t.dist_timeout_s,

@@ -68,6 +68,14 @@ class SecurityConfig:
         return bool(self.token or self.token_file) or (self.tls is not None and self.tls.ca is not None)
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _dtype(where: str, value: str) -> None:
+    if value not in DTYPES:
+        raise ConfigError(f"{_join_key(where, 'dtype')}: must be one of {', '.join(DTYPES)}, got {value!r}")
+
+
 @dataclass
 class RolloutConfig:
     replicas: int = 1
@@ -75,9 +83,12 @@ class RolloutConfig:
     max_batch_size: int = 1024
     device: str = "cpu"
     kv_cache_gb: float = 1.0  # vllm: KV-cache space per replica
+    # The dtype the replicas serve in; the trainer pushes its weights cast to it (bfloat16: half the bytes).
+    dtype: str = "float32"
 
     def validate(self, where: str) -> None:
         _positive(where, "replicas", self.replicas)
+        _dtype(where, self.dtype)
         _positive(where, "max_batch_size", self.max_batch_size)
         if self.backend not in ("hf", "vllm"):
             raise ConfigError(f"{where}.backend: must be hf or vllm, got {self.backend!r}")
@@ -102,9 +113,11 @@ class ReferenceConfig:
     replicas: int = 1
     micro_batch_size: int = 512
     device: str = "cpu"
+    dtype: str = "float32"  # the reference model's dtype (weights pushed to it are cast to it)
 
     def validate(self, where: str) -> None:
         _positive(where, "replicas", self.replicas)
+        _dtype(where, self.dtype)
 
 
 @dataclass
@@ -125,9 +138,17 @@ class TrainerConfig:
     # Modules (package.module) or files (path/to/file.py) imported by every trainer rank at start, so that their
     # `LOSSES.register(...)` lines add user losses. Operator-listed: jobs can only name losses registered here.
     plugins: list[str] = field(default_factory=list)
+    # Compute dtype of forward and backward (torch backend: autocast); the master weights and the optimizer
+    # state stay float32. DeepSpeed and Megatron take their own bf16 settings.
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
 
     def validate(self, where: str) -> None:
         _positive(where, "learning_rate", self.learning_rate)
+        _dtype(where, self.dtype)
+        if self.dtype != "float32" and self.backend != "torch":
+            raise ConfigError(f"{where}.dtype: {self.dtype} compute is built into the torch backend; the "
+                              f"{self.backend} backend trains in float32 here")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{where}.betas: must be two numbers in [0, 1), got {self.betas}")
         if self.backend not in ("torch", "deepspeed", "megatron"):

@@ -24,12 +24,13 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def load_causal_lm(path: str | Path, device: str = "cpu"):
+def load_causal_lm(path: str | Path, device: str = "cpu", dtype: str = "float32"):
+    """The model in ``dtype`` ("float32", "bfloat16", "float16") on ``device``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     if not (Path(path) / "config.json").is_file():
         raise ConfigError(f"model: {path} is not a model directory (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
     return model.to(device)

@@ -23,9 +23,9 @@ class ReferenceBackend(Protocol):
 
 
 class TorchReferenceBackend:
-    def __init__(self, model_path: str, device: str = "cpu", micro_batch_size: int = 512):
-        self.device = device
-        self.model = load_causal_lm(model_path, device).eval()
+    def __init__(self, model_path: str, device: str = "cpu", micro_batch_size: int = 512, dtype: str = "float32"):
+        self.device, self.dtype = device, dtype
+        self.model = load_causal_lm(model_path, device, dtype).eval()
         self.micro_batch_size = micro_batch_size
         self.receiver = WeightReceiver(self.model)
 
@@ -45,5 +45,5 @@ class TorchReferenceBackend:
 
     def load_weights(self, path: str, version: int) -> int:
         """Serve a model directory's weights as ``version`` (checked against this model's layout first)."""
-        source = load_causal_lm(path, self.device)
+        source = load_causal_lm(path, self.device, self.dtype)
         return self.receiver.adopt({n: p.detach() for n, p in source.named_parameters()}, version)

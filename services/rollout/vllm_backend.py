@@ -28,13 +28,14 @@ log = logging.getLogger("alignmesh.rollout.vllm")
 EXTENSION = "alignmesh.services.rollout.vllm_worker.WeightSyncExtension"
 
 
-def hf_specs(model_path: str) -> list[bk.Spec]:
-    """The parameter names/shapes the trainer sends (HF layout), from the config alone (meta device)."""
+def hf_specs(model_path: str, dtype: str = "float32") -> list[bk.Spec]:
+    """The parameter names/shapes the trainer sends (HF layout, in the served dtype), from the config alone (meta
+    device)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_path)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     return bk.specs_of([(n, p) for n, p in model.named_parameters()])
 
 
@@ -110,12 +111,12 @@ class VLLMWeightReceiver(SwapBetweenRequests):
 @register("vllm")
 class VLLMRolloutBackend:
     def __init__(self, model_path: str, device: str = "cpu", max_batch_size: int = 1024,
-                 kv_cache_gb: float = 1.0, seed: int = 0):
+                 kv_cache_gb: float = 1.0, seed: int = 0, dtype: str = "float32"):
         tok = load_tokenizer(model_path)
         self.pad_id, self.eos_id = int(tok.pad_token_id), int(tok.eos_token_id)
         self.lock = threading.Lock()
-        self.llm = make_llm(model_path, device, max_batch_size, kv_cache_gb, seed)
-        self.receiver = VLLMWeightReceiver(self.llm, hf_specs(model_path), self.lock)
+        self.llm = make_llm(model_path, device, max_batch_size, kv_cache_gb, seed, dtype)
+        self.receiver = VLLMWeightReceiver(self.llm, hf_specs(model_path, dtype), self.lock)
 
     def join_sync_group(self, spec: GroupSpec) -> str:
         return self.receiver.join(spec)
@@ -170,8 +171,10 @@ def _worker_message(exc: Exception) -> str:
     return text[start + 7:end].strip("'") if start >= 0 and end > start else text
 
 
-def make_llm(model_path: str, device: str, max_batch_size: int, kv_cache_gb: float, seed: int):
-    """A vLLM engine in fp32 (the trainer's dtype), eager, with our weight-sync worker extension."""
+def make_llm(model_path: str, device: str, max_batch_size: int, kv_cache_gb: float, seed: int,
+             dtype: str = "float32"):
+    """A vLLM engine in ``dtype`` (the weights the trainer pushes arrive cast to it), eager, with our weight-sync
+    worker extension."""
     from transformers import AutoConfig
 
     # The engine runs inside the service process (one device per replica needs no executor processes): a replica
@@ -184,6 +187,6 @@ def make_llm(model_path: str, device: str, max_batch_size: int, kv_cache_gb: flo
     from vllm import LLM
 
     max_len = int(getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", 2048))
-    return LLM(model=model_path, dtype="float32", enforce_eager=True, skip_tokenizer_init=True, seed=seed,
+    return LLM(model=model_path, dtype=dtype, enforce_eager=True, skip_tokenizer_init=True, seed=seed,
                max_model_len=max_len, max_num_seqs=max(1, min(max_batch_size, 256)),
                worker_extension_cls=EXTENSION, logprobs_mode="raw_logprobs")

@@ -51,6 +51,14 @@ def specs_of(named: list[tuple[str, torch.Tensor]]) -> list[Spec]:
     return [Spec(name, t.dtype, tuple(t.shape)) for name, t in named]
 
 
+def served_as(specs: list[Spec], dtype: torch.dtype | None) -> list[Spec]:
+    """The specs as the receivers hold them: floating-point tensors in ``dtype`` (None: as trained). Packing
+    casts into the bucket's dtype, so an fp32 trainer sends bf16 receivers half the bytes."""
+    if dtype is None:
+        return list(specs)
+    return [Spec(s.name, dtype if s.dtype.is_floating_point else s.dtype, s.shape) for s in specs]
+
+
 def plan(specs: list[Spec], bucket_bytes: int) -> list[Bucket]:
     """Group specs by dtype (first-seen order) into buckets of at most ``bucket_bytes``.
 

@@ -59,10 +59,11 @@ def named_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def publish(group: SyncGroup, named: list[tuple[str, torch.Tensor]], version: int,
-            bucket_bytes: int, buffers: dict | None = None) -> PublishStats:
-    """Publish a model's weights (see ``publish_buckets``)."""
+            bucket_bytes: int, buffers: dict | None = None, dtype: torch.dtype | None = None) -> PublishStats:
+    """Publish a model's weights (see ``publish_buckets``), cast to ``dtype`` (the receivers' served dtype;
+    None: as trained)."""
     tensors = dict(named)
-    plan = bk.plan(bk.specs_of(named), bucket_bytes)
+    plan = bk.plan(bk.served_as(bk.specs_of(named), dtype), bucket_bytes)
     return publish_buckets(group, ((b, tensors) for b in plan), version, buffers)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from alignmesh.protos.trainer.v1 import trainer_pb2
-from alignmesh.services.common.convert import decode, encode
+from alignmesh.services.common.convert import decode, dtype_from_name, encode
 from alignmesh.services.common.errors import InvalidArgument
 from alignmesh.services.trainer.backend import CheckpointInfo, Experience, LossSpec, TrainerStateInfo
 
@@ -112,3 +112,15 @@ def values_request_from_proto(req: trainer_pb2.ComputeValuesRequest, vocab_size:
 
 def values_to_proto(values: torch.Tensor, scores: torch.Tensor) -> trainer_pb2.ComputeValuesResponse:
     return trainer_pb2.ComputeValuesResponse(values=encode(values.float()), scores=encode(scores.float()))
+
+
+SYNC_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def sync_dtype(name: str) -> torch.dtype | None:
+    """The dtype the receivers serve ("" = as trained)."""
+    if not name:
+        return None
+    if name not in SYNC_DTYPES:
+        raise InvalidArgument("dtype", f"weights are pushed as one of {', '.join(SYNC_DTYPES)}, got {name!r}")
+    return dtype_from_name(name)

@@ -199,13 +199,22 @@ class ParallelTrainerBackend:
         return TrainerStateInfo(self.step, self.weight_version, n, f"{self.device} x{self.world}", self.rank.lr())
 
     # -- weight sync ------------------------------------------------------------------------------------
-    def manifest(self) -> list[bk.Spec]:
+    def manifest(self, dtype: torch.dtype | None = None) -> list[bk.Spec]:
+        self._check_sync_dtype(dtype)
         return self.rank.specs()
+
+    def _check_sync_dtype(self, dtype: torch.dtype | None) -> None:
+        if dtype is not None and any(s.dtype != dtype for s in self.rank.specs() if s.dtype.is_floating_point):
+            raise FailedPrecondition(f"dtype: the {self.kind} trainer pushes its weights as trained "
+                                     f"({self.rank.specs()[0].dtype}); serve rollout/reference in that dtype, or "
+                                     f"train with trainer.backend torch to push {dtype}")
 
     def join_sync_group(self, spec: GroupSpec) -> str:
         return self.senders.join(spec)
 
-    def publish(self, group_id: str, version: int, bucket_bytes: int) -> PublishStats:
+    def publish(self, group_id: str, version: int, bucket_bytes: int,
+                dtype: torch.dtype | None = None) -> PublishStats:
+        self._check_sync_dtype(dtype)
         group = self.senders.get(group_id)
         with self.lock:
             self._send("gather", bucket_bytes)

@@ -76,13 +76,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return weights_pb2.JoinSyncGroupResponse(group_id=spec.group_id, rank=spec.rank, backend=backend)
 
     async def GetWeightManifest(self, request, context):
-        return manifest_to_proto(self.backend.manifest(), request.bucket_bytes or DEFAULT_BUCKET_BYTES)
+        dtype = convert.sync_dtype(request.dtype)
+        return manifest_to_proto(self.backend.manifest(dtype), request.bucket_bytes or DEFAULT_BUCKET_BYTES)
 
     async def PublishWeights(self, request, context):
         if request.version <= 0:
             raise InvalidArgument("version", f"must be > 0, got {request.version}")
         stats = await asyncio.to_thread(run_pinned, self.backend.publish, request.group_id, request.version,
-                                        request.bucket_bytes or DEFAULT_BUCKET_BYTES)
+                                        request.bucket_bytes or DEFAULT_BUCKET_BYTES, convert.sync_dtype(request.dtype))
         metrics.WEIGHT_VERSION.labels("trainer").set(stats.version)
         return trainer_pb2.PublishWeightsResponse(version=stats.version, bytes=stats.bytes, buckets=stats.buckets,
                                                   seconds=stats.seconds)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from alignmesh.services.common.errors import FailedPrecondition, NotFound
+from alignmesh.services.compat.transformers import enable_activation_checkpointing
 from alignmesh.services.models.loading import load_causal_lm
 from alignmesh.services.models.logprobs import token_logprobs
 from alignmesh.services.sync import buckets as bk
@@ -31,12 +32,18 @@ class TorchEngine:
 
     data_rank, data_world = 0, 1
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float):
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+                 compute_dtype: torch.dtype = torch.float32):
         self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
+        self.compute_dtype = compute_dtype
         self._norm = 0.0
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return token_logprobs(self.model, input_ids, attention_mask)
+        """Mixed precision when asked: matmuls in ``compute_dtype`` under autocast, weights, gradients and the
+        optimizer in float32, log-probabilities from float32 logits."""
+        device = input_ids.device.type
+        with torch.autocast(device, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            return token_logprobs(self.model, input_ids, attention_mask)
 
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:
         loss.backward()
@@ -66,11 +73,15 @@ class TorchEngine:
 @register("torch")
 class TorchTrainerBackend:
     def __init__(self, model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
-                 grad_clip: float = 1.0, seed: int = 0, device: str = "cpu"):
+                 grad_clip: float = 1.0, seed: int = 0, device: str = "cpu", dtype: str = "float32",
+                 gradient_checkpointing: bool = False):
         torch.manual_seed(seed)
         self.device, self.seed = device, seed
+        self.compute_dtype = getattr(torch, dtype)
         self.model_path = model_path
         self.model = self._load_model(model_path).train()
+        if gradient_checkpointing:
+            enable_activation_checkpointing(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, betas=tuple(betas),
                                            weight_decay=weight_decay)
         self.grad_clip = grad_clip
@@ -94,7 +105,7 @@ class TorchTrainerBackend:
             return self.step, stats
 
     def _engine(self) -> "TorchEngine":
-        return TorchEngine(self.model, self.optimizer, self.grad_clip)
+        return TorchEngine(self.model, self.optimizer, self.grad_clip, self.compute_dtype)
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str, export_hf: bool) -> CheckpointInfo:
@@ -137,17 +148,18 @@ class TorchTrainerBackend:
                                 str(self.device), float(self.optimizer.param_groups[0]["lr"]))
 
     # -- weight sync ------------------------------------------------------------------------------------
-    def manifest(self) -> list[bk.Spec]:
-        return bk.specs_of(named_weights(self.model))
+    def manifest(self, dtype: torch.dtype | None = None) -> list[bk.Spec]:
+        return bk.served_as(bk.specs_of(named_weights(self.model)), dtype)
 
     def join_sync_group(self, spec: GroupSpec) -> str:
         return self.senders.join(spec)
 
-    def publish(self, group_id: str, version: int, bucket_bytes: int) -> PublishStats:
+    def publish(self, group_id: str, version: int, bucket_bytes: int,
+                dtype: torch.dtype | None = None) -> PublishStats:
         group = self.senders.get(group_id)
         with self.lock:
             try:
-                stats = publish(group, named_weights(self.model), version, bucket_bytes, self._sync_buffers)
+                stats = publish(group, named_weights(self.model), version, bucket_bytes, self._sync_buffers, dtype)
             except FailedPrecondition:
                 raise  # withdrawn (NaN/Inf weights): the transfer itself completed, the group is intact
             except Exception:

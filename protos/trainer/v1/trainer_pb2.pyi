@@ -145,20 +145,24 @@ class TrainerState(_message.Message):
     def __init__(self, step: _Optional[int] = ..., weight_version: _Optional[int] = ..., num_parameters: _Optional[int] = ..., device: _Optional[str] = ..., learning_rate: _Optional[float] = ...) -> None: ...
 
 class GetWeightManifestRequest(_message.Message):
-    __slots__ = ("bucket_bytes",)
+    __slots__ = ("bucket_bytes", "dtype")
     BUCKET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     bucket_bytes: int
-    def __init__(self, bucket_bytes: _Optional[int] = ...) -> None: ...
+    dtype: str
+    def __init__(self, bucket_bytes: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PublishWeightsRequest(_message.Message):
-    __slots__ = ("group_id", "version", "bucket_bytes")
+    __slots__ = ("group_id", "version", "bucket_bytes", "dtype")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BUCKET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     version: int
     bucket_bytes: int
-    def __init__(self, group_id: _Optional[str] = ..., version: _Optional[int] = ..., bucket_bytes: _Optional[int] = ...) -> None: ...
+    dtype: str
+    def __init__(self, group_id: _Optional[str] = ..., version: _Optional[int] = ..., bucket_bytes: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PublishWeightsResponse(_message.Message):
     __slots__ = ("version", "bytes", "buckets", "seconds")
