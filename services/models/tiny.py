@@ -32,14 +32,22 @@ def build_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
-def build_config(hidden: int = 128, layers: int = 2, heads: int = 4, ffn: int = 512, positions: int = 64,
-                 tie: bool = True):
-    from transformers import LlamaConfig
+# Decoder families the tests build tiny random models of (the same character tokenizer for all).
+FAMILIES = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config", "mistral": "MistralConfig",
+            "gemma": "GemmaConfig"}
 
-    return LlamaConfig(vocab_size=len(SPECIALS) + len(CHARS), hidden_size=hidden, intermediate_size=ffn,
-                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                       max_position_embeddings=positions, tie_word_embeddings=tie, bos_token_id=1,
-                       eos_token_id=2, pad_token_id=0, torch_dtype="float32")
+
+def build_config(hidden: int = 128, layers: int = 2, heads: int = 4, ffn: int = 512, positions: int = 64,
+                 tie: bool = True, family: str = "llama", kv_heads: int | None = None):
+    """``kv_heads`` < ``heads``: grouped-query attention."""
+    import transformers
+
+    cls = getattr(transformers, FAMILIES[family])
+    extra = {"head_dim": hidden // heads} if family in ("qwen3", "gemma") else {}
+    return cls(vocab_size=len(SPECIALS) + len(CHARS), hidden_size=hidden, intermediate_size=ffn,
+               num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+               max_position_embeddings=positions, tie_word_embeddings=tie, bos_token_id=1,
+               eos_token_id=2, pad_token_id=0, torch_dtype="float32", **extra)
 
 
 def create_model_dir(path: str | Path, seed: int = 0, **arch) -> Path:
