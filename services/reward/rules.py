@@ -28,3 +28,24 @@ def addition_exact(prompt: str, completion: str, metadata: dict[str, str]) -> fl
     a, b = left.split("+")
     return 1.0 if completion.strip() == str(int(a) + int(b)) else 0.0
 
+
+
+def extract_code(completion: str) -> str:
+    """The program in a completion: the last fenced block (```python or ```), else the whole text."""
+    blocks = completion.split("```")
+    if len(blocks) >= 3:
+        body = blocks[-2]
+        first, _, rest = body.partition("\n")
+        return rest if first.strip().lower() in ("python", "py", "python3", "") else body
+    return completion
+
+
+@RULES.register("code_tests")
+def code_tests(prompt: str, completion: str, metadata: dict[str, str]) -> float:
+    """1.0 when the completion's code followed by ``metadata['tests']`` (Python asserts) runs to exit 0 in the
+    sandbox (``services/reward/sandbox.py``: time, memory, file, process and network limits), else 0.0."""
+    from alignmesh.services.reward.sandbox import run_python
+
+    if "tests" not in metadata:
+        raise KeyError("tests")
+    return 1.0 if run_python(extract_code(completion) + "\n\n" + metadata["tests"] + "\n").passed else 0.0
