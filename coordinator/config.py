@@ -19,7 +19,8 @@ def _check(cond: bool, key: str, why: str) -> None:
 
 @dataclass
 class DatasetConfig:
-    # "addition" (embedded), "jsonl" (train/test files of {"prompt", "answer"}) or "datasets" (save_to_disk dir).
+    # "addition" (embedded), "jsonl" / "parquet" (train/test files of prompt and answer columns) or "datasets"
+    # (a save_to_disk directory).
     kind: str = "addition"
     train: str | None = None
     test: str | None = None
@@ -27,18 +28,21 @@ class DatasetConfig:
     seed: int = 0
     test_size: int = 500
     dev_size: int = 200
+    # Column names of the prompt and the reference answer (GSM8K: question, answer).
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
 
     def validate(self, where: str) -> None:
-        _check(self.kind in ("addition", "jsonl", "datasets"), f"{where}.kind",
-               f"must be addition, jsonl or datasets, got {self.kind!r}")
-        if self.kind == "jsonl":
-            _check(bool(self.train), f"{where}.train", "a JSONL file is required for kind jsonl")
+        _check(self.kind in ("addition", "jsonl", "parquet", "datasets"), f"{where}.kind",
+               f"must be addition, jsonl, parquet or datasets, got {self.kind!r}")
+        if self.kind in ("jsonl", "parquet"):
+            _check(bool(self.train), f"{where}.train", f"a {self.kind} file is required for kind {self.kind}")
         if self.kind == "datasets":
             _check(bool(self.path), f"{where}.path", "a datasets directory is required for kind datasets")
 
     def check_files(self, where: str) -> None:
         """The files it names exist (on the coordinator's machine: run there, not by a client)."""
-        for key in ("train", "test") if self.kind == "jsonl" else ():
+        for key in ("train", "test") if self.kind in ("jsonl", "parquet") else ():
             value = getattr(self, key)
             if value:
                 _check(Path(value).expanduser().is_file(), f"{where}.{key}", f"file {value} not found")

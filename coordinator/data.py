@@ -54,11 +54,34 @@ def _read_jsonl(path: str | Path, field: str, keys: tuple[str, ...], make) -> li
     return out
 
 
-def load_jsonl(path: str | Path, field: str = "dataset.train") -> list[Example]:
-    return _read_jsonl(path, field, ("prompt", "answer"), Example)
+def load_jsonl(path: str | Path, field: str = "dataset.train", keys: tuple[str, str] = ("prompt", "answer")
+               ) -> list[Example]:
+    return _read_jsonl(path, field, keys, Example)
 
 
-def load_hf_disk(path: str | Path, split: str, field: str = "dataset.path") -> list[Example]:
+def load_parquet(path: str | Path, field: str = "dataset.train", keys: tuple[str, str] = ("prompt", "answer")
+                 ) -> list[Example]:
+    """A Parquet file's rows (the ``keys`` columns); pyarrow comes with the ``datasets`` extra."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError(f"{field}: reading Parquet needs `pip install alignmesh[datasets]`") from None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{field}: file {p} not found")
+    table = pq.read_table(p)
+    missing = [k for k in keys if k not in table.column_names]
+    if missing:
+        raise ConfigError(f"{field}: {p} lacks column {missing[0]!r} (has {table.column_names}); set "
+                          f"dataset.prompt_key / dataset.answer_key")
+    rows = table.select(list(keys)).to_pylist()
+    if not rows:
+        raise ConfigError(f"{field}: {p} holds no rows")
+    return [Example(str(r[keys[0]]), str(r[keys[1]])) for r in rows]
+
+
+def load_hf_disk(path: str | Path, split: str, field: str = "dataset.path",
+                 keys: tuple[str, str] = ("prompt", "answer")) -> list[Example]:
     """A directory written by ``datasets``' ``save_to_disk`` (a DatasetDict or a Dataset)."""
     try:
         import datasets
@@ -72,10 +95,11 @@ def load_hf_disk(path: str | Path, split: str, field: str = "dataset.path") -> l
         if split not in ds:
             raise ConfigError(f"{field}: {p} has splits {list(ds)}, not {split!r}")
         ds = ds[split]
-    for col in ("prompt", "answer"):
+    for col in keys:
         if col not in ds.column_names:
-            raise ConfigError(f"{field}: {p} lacks column {col!r} (has {ds.column_names})")
-    return [Example(str(r["prompt"]), str(r["answer"])) for r in ds]
+            raise ConfigError(f"{field}: {p} lacks column {col!r} (has {ds.column_names}); set "
+                              f"dataset.prompt_key / dataset.answer_key")
+    return [Example(str(r[keys[0]]), str(r[keys[1]])) for r in ds]
 
 
 class PromptSampler:

@@ -14,7 +14,8 @@ import grpc
 
 from alignmesh.coordinator.artifacts import RunDir
 from alignmesh.coordinator.config import JobConfig, parse_job_config
-from alignmesh.coordinator.data import PromptSampler, Splits, addition_splits, load_hf_disk, load_jsonl
+from alignmesh.coordinator.data import (PromptSampler, Splits, addition_splits, load_hf_disk, load_jsonl,
+                                        load_parquet)
 from alignmesh.coordinator.flows.base import Cancelled, Control, FlowContext
 from alignmesh.coordinator.flows.registry import resolve
 from alignmesh.coordinator.flows.sft import SFT, SFTParams
@@ -37,12 +38,14 @@ def load_splits(cfg: JobConfig) -> Splits:
     d = cfg.dataset
     if d.kind == "addition":
         return addition_splits(d.seed, test_size=d.test_size, dev_size=d.dev_size)
-    if d.kind == "jsonl":
-        train = load_jsonl(d.train, "dataset.train")
-        test = load_jsonl(d.test, "dataset.test") if d.test else train[: d.test_size]
+    keys = (d.prompt_key, d.answer_key)
+    if d.kind in ("jsonl", "parquet"):
+        load = load_jsonl if d.kind == "jsonl" else load_parquet
+        train = load(d.train, "dataset.train", keys)
+        test = load(d.test, "dataset.test", keys) if d.test else train[: d.test_size]
         return Splits(train=train, test=test, dev=test[: d.dev_size])
-    train = load_hf_disk(d.path, "train")
-    test = load_hf_disk(d.path, "test")
+    train = load_hf_disk(d.path, "train", keys=keys)
+    test = load_hf_disk(d.path, "test", keys=keys)
     return Splits(train=train, test=test, dev=test[: d.dev_size])
 
 

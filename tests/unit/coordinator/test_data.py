@@ -57,3 +57,25 @@ def test_datasets_directory_loading_and_errors_name_the_field(tmp_path):
         load_hf_disk(tmp_path / "bad", "train")
     with pytest.raises(ConfigError, match=r"dataset.path: directory .* not found"):
         load_hf_disk(tmp_path / "missing", "train")
+
+
+def test_gsm8k_style_columns_from_jsonl_and_parquet(tmp_path):
+    import json
+    from pathlib import Path
+
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    from alignmesh.coordinator.data import load_jsonl, load_parquet
+
+    sample = Path(__file__).resolve().parents[3] / "examples" / "data" / "gsm8k_sample.jsonl"
+    rows = load_jsonl(sample, keys=("question", "answer"))
+    assert len(rows) == 6 and rows[0].answer.endswith("#### 12")
+    table = pa.table({"question": [r.prompt for r in rows], "answer": [r.answer for r in rows]})
+    pq.write_table(table, tmp_path / "train.parquet")
+    assert load_parquet(tmp_path / "train.parquet", keys=("question", "answer")) == rows
+    with pytest.raises(ConfigError, match="lacks column 'prompt'.*set dataset.prompt_key"):
+        load_parquet(tmp_path / "train.parquet")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "q"}) + "\n")
+    with pytest.raises(ConfigError, match="line 1: need a JSON object with 'question' and 'answer'"):
+        load_jsonl(tmp_path / "bad.jsonl", keys=("question", "answer"))

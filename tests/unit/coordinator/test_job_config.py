@@ -37,12 +37,18 @@ def test_invalid_job_configs_name_the_field(text, message):
         validate(text, CLUSTER)
 
 
-def test_every_example_job_validates(monkeypatch):
+def test_every_example_job_validates(monkeypatch, tiny_model_dir):
+    """Every example, completely (flow params, paths, packages); an example's `init: /models/policy` (a model the
+    operator mounts) is pointed at a local model directory here."""
+    import dataclasses
+
     monkeypatch.chdir(EXAMPLES.parent)  # relative paths in the examples are from the repository root
+    cluster = dataclasses.replace(CLUSTER, security=dataclasses.replace(
+        CLUSTER.security, path_roots=[str(tiny_model_dir.parent), str(EXAMPLES)]))
     jobs = [p for p in EXAMPLES.glob("*.yaml") if not p.name.startswith("cluster")]
-    assert jobs
+    assert len(jobs) >= 10
     for p in jobs:
-        validate(p.read_text(), CLUSTER)
+        validate(p.read_text().replace("init: /models/policy", f"init: {tiny_model_dir}"), cluster)
 
 
 FLOW = ("from dataclasses import dataclass\nfrom pathlib import Path\n"
