@@ -16,7 +16,7 @@ def test_defaults_and_nested_values(tmp_path):
 
 
 def test_unknown_key_is_named_with_its_path(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key 'rollout.replica' \(known keys: backend, device, kv_cache_gb, max_batch_size"):
+    with pytest.raises(ConfigError, match=r"unknown key 'rollout.replica' \(known keys: backend, device, dtype, kv_cache_gb, max_batch_size"):
         load_cluster_config(write(tmp_path, "rollout:\n  replica: 2\n"))
 
 
