@@ -79,11 +79,13 @@ async def _warm_start(ctx: FlowContext, run_dir: str) -> None:
     await SFT(max_steps=ws.max_steps).run(ctx)
     # The warmed-up model becomes the reference and the new start; the main stage gets a fresh optimizer.
     await ctx.trainer.save_checkpoint(f"{run_dir}/sft", export_hf=True)
-    await _load(ctx, f"{run_dir}/sft/hf")
+    # A LoRA trainer exports its adapter beside the merged model: the roles keep their base and take the adapter.
+    start = f"{run_dir}/sft/adapter" if Path(f"{run_dir}/sft/adapter").is_dir() else f"{run_dir}/sft/hf"
+    await _load(ctx, start)
     if ctx.critic is not None:
         await ctx.critic.call("LoadCheckpoint", trainer_pb2.LoadCheckpointRequest(path=f"{run_dir}/sft/hf"))
     await ctx.push_weights(reference=True)
-    ctx.reference.source = (f"{run_dir}/sft/hf", ctx.version)
+    ctx.reference.source = (start, ctx.version)
     ctx.stage, ctx.params, ctx.sampler = "main", main_params, main_sampler
 
 

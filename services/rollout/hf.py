@@ -12,9 +12,10 @@ from alignmesh.services.sync.receiver import WeightReceiver
 
 @register("hf")
 class HFRolloutBackend:
-    def __init__(self, model_path: str, device: str = "cpu", max_batch_size: int = 1024, dtype: str = "float32"):
+    def __init__(self, model_path: str, device: str = "cpu", max_batch_size: int = 1024, dtype: str = "float32",
+                 lora=None):
         self.device = device
-        self.model = load_causal_lm(model_path, device, dtype).eval()
+        self.model = load_causal_lm(model_path, device, dtype, lora).eval()
         tok = load_tokenizer(model_path)
         self.pad_id = int(tok.pad_token_id)
         self.eos_id = int(tok.eos_token_id)

@@ -143,7 +143,8 @@ class WeightReceiver(SwapBetweenRequests):
         return self._staged.version if self._staged else -1
 
     def own_specs(self) -> list[bk.Spec]:
-        return bk.specs_of([(n, p) for n, p in self.model.named_parameters()])
+        """What the channel moves into this model: its trainable parameters (with LoRA: the adapters)."""
+        return bk.specs_of([(n, p) for n, p in self.model.named_parameters() if p.requires_grad])
 
     def receive(self, group_id: str, version: int, specs: list[bk.Spec], bucket_bytes: int) -> Staged:
         """Receive version ``version`` into fresh buffers and verify every bucket; stage on success."""

@@ -54,8 +54,9 @@ class SenderGroups:
 
 
 def named_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Parameters in a stable order; tied weights appear once (``named_parameters`` de-duplicates)."""
-    return [(name, p.detach()) for name, p in model.named_parameters()]
+    """The weights the channel moves, in a stable order: the trainable parameters (every one, or with LoRA only
+    the adapters over the frozen base); tied weights appear once (``named_parameters`` de-duplicates)."""
+    return [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
 
 
 def publish(group: SyncGroup, named: list[tuple[str, torch.Tensor]], version: int,

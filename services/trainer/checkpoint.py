@@ -81,7 +81,12 @@ def save(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        if export_hf:
+        if export_hf and hasattr(model, "peft_config"):  # LoRA: the merged model, and the adapter in peft's format
+            from alignmesh.services.models import lora
+
+            write_hf_dir(lora.merged(model), tmp / "hf", tokenizer_dir)
+            lora.export(model, tmp / "adapter")
+        elif export_hf:
             write_hf_dir(model, tmp / "hf", tokenizer_dir)
     return Path(path)
 

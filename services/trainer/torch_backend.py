@@ -11,6 +11,7 @@ import torch
 from alignmesh.services.common.errors import FailedPrecondition, NotFound
 from alignmesh.services.compat.transformers import enable_activation_checkpointing
 from alignmesh.services.models.loading import load_causal_lm
+from alignmesh.services.models.lora import adapter_state_copy, adapter_weights_from, trainable
 from alignmesh.services.models.logprobs import token_logprobs
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec
@@ -74,15 +75,16 @@ class TorchEngine:
 class TorchTrainerBackend:
     def __init__(self, model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
                  grad_clip: float = 1.0, seed: int = 0, device: str = "cpu", dtype: str = "float32",
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, lora=None):
         torch.manual_seed(seed)
         self.device, self.seed = device, seed
         self.compute_dtype = getattr(torch, dtype)
-        self.model_path = model_path
+        self.model_path, self.lora = model_path, lora
         self.model = self._load_model(model_path).train()
+        self.initial_adapters = adapter_state_copy(self.model) if lora is not None else {}
         if gradient_checkpointing:
             enable_activation_checkpointing(self.model)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, betas=tuple(betas),
+        self.optimizer = torch.optim.AdamW(trainable(self.model), lr=learning_rate, betas=tuple(betas),
                                            weight_decay=weight_decay)
         self.grad_clip = grad_clip
         self.betas, self.weight_decay = tuple(betas), weight_decay
@@ -117,7 +119,8 @@ class TorchTrainerBackend:
     def load_checkpoint(self, path: str) -> CheckpointInfo:
         """A checkpoint directory restores everything; a plain HF model directory loads its weights with a
         fresh optimizer and step 0 (the weight version counter keeps counting up)."""
-        if not (Path(path) / "state.json").is_file() and (Path(path) / "config.json").is_file():
+        plain = (Path(path) / "config.json").is_file() or (Path(path) / "adapter_config.json").is_file()
+        if not (Path(path) / "state.json").is_file() and plain:
             return self._load_hf(path)
         with self.lock:
             try:
@@ -128,20 +131,31 @@ class TorchTrainerBackend:
         return CheckpointInfo(path, self.step, self.weight_version)
 
     def _load_model(self, path: str) -> torch.nn.Module:
-        return load_causal_lm(path, self.device)
+        return load_causal_lm(path, self.device, lora=getattr(self, "lora", None))
 
     def _load_hf(self, path: str) -> CheckpointInfo:
-        source = self._load_model(path)
         with self.lock, torch.no_grad():
-            try:
-                self.model.load_state_dict(source.state_dict())
-            except RuntimeError as exc:
-                raise FailedPrecondition(f"path: {path} does not match the trainer's architecture: {exc}") from None
+            if self.lora is not None:
+                self._load_adapters(path)
+            else:
+                source = self._load_model(path)
+                try:
+                    self.model.load_state_dict(source.state_dict())
+                except RuntimeError as exc:
+                    raise FailedPrecondition(f"path: {path} does not match the trainer's architecture: "
+                                             f"{exc}") from None
             lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=self.betas,
+            self.optimizer = torch.optim.AdamW(trainable(self.model), lr=lr, betas=self.betas,
                                                weight_decay=self.weight_decay)
             self.step = 0
         return CheckpointInfo(path, self.step, self.weight_version)
+
+    def _load_adapters(self, path: str) -> None:
+        """LoRA: a peft adapter directory sets the adapters; the base model's own directory resets them."""
+        tensors = adapter_weights_from(self.model, path, self.model_path, self.initial_adapters)
+        params = dict(self.model.named_parameters())
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
 
     def state(self) -> TrainerStateInfo:
         return TrainerStateInfo(self.step, self.weight_version, sum(p.numel() for p in self.model.parameters()),
