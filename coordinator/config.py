@@ -172,6 +172,9 @@ class JobConfig:
     # Experiment trackers besides the run directory's metrics.jsonl (each an optional extra on the coordinator).
     wandb: WandbConfig | None = None
     mlflow: MlflowConfig | None = None
+    # How prompts reach the model: "raw" (the text as it is) or "chat" (a user message through the tokenizer's chat
+    # template, with the assistant's turn opened).
+    prompt_format: str = "raw"
     # Asynchronous training: collect experience for up to this many steps ahead of the step being trained, so no
     # sample is trained on more than this many weight versions after the one that generated it. 0: in turn.
     max_staleness: int = 0
@@ -181,6 +184,8 @@ class JobConfig:
         submit) and on the coordinator; what the coordinator's machine must have is ``check_environment``."""
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
         _check(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        _check(self.prompt_format in ("raw", "chat"), "prompt_format",
+               f"must be raw or chat, got {self.prompt_format!r}")
         _check(0 <= self.max_staleness <= MAX_STALENESS, "max_staleness",
                f"must be in [0, {MAX_STALENESS}] (0: synchronous), got {self.max_staleness}")
 

@@ -26,6 +26,7 @@ from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2
 from alignmesh.services.common import durable
 from alignmesh.services.common.config import from_dict, to_dict
+from alignmesh.services.common.errors import ConfigError
 from alignmesh.services.models.light_tokenizer import load_light_tokenizer
 from alignmesh.services.models.tiny import ensure_model
 
@@ -156,6 +157,9 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
     params = from_dict(flow_cls.Params, cfg.params, "params")
     model_path = str(ensure_model(cluster))
     tokenizer = load_light_tokenizer(model_path)
+    if cfg.prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"prompt_format: chat needs a tokenizer with a chat_template; {model_path} has none "
+                          f"(use prompt_format: raw)")
     run = RunDir(rec.run_dir, on_tracker_error=lambda name, exc: manager.emit(
         rec.id, "log", {"stage": "main", "message": f"tracker {name} failed ({exc}); metrics.jsonl has every record"}))
     run.write_config(rec.config_yaml)

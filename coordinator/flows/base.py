@@ -78,7 +78,16 @@ class FlowContext:
 
     # -- data ---------------------------------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> list[list[int]]:
-        return [self.tokenizer(e.prompt)["input_ids"] for e in examples]
+        return [self.prompt_ids(e.prompt) for e in examples]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """A prompt's tokens: the text itself, or (``prompt_format: chat``) a user message through the tokenizer's
+        chat template with the assistant's turn opened (the template writes its own special tokens)."""
+        if self.config.prompt_format == "chat":
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt)["input_ids"]
 
     def decode(self, ids: torch.Tensor, lengths: torch.Tensor) -> list[str]:
         """Completion text up to (not including) eos. Other special tokens stay visible, so a completion that
@@ -106,7 +115,7 @@ class FlowContext:
 
     def pair_batch(self, pairs: list) -> sequences.SequenceBatch:
         """Preference pairs as one batch: the chosen rows, then the rejected rows in the same order."""
-        prompts = [self.tokenizer(x.prompt)["input_ids"] for x in pairs]
+        prompts = [self.prompt_ids(x.prompt) for x in pairs]
         return self.sequences(prompts * 2, [self.answer_ids(x.chosen) for x in pairs] +
                               [self.answer_ids(x.rejected) for x in pairs])
 

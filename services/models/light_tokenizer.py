@@ -25,6 +25,9 @@ class LightTokenizer:
                 value = value.get("content")
             return self._tok.token_to_id(value) if value else None
 
+        self.chat_template = config.get("chat_template") if isinstance(config.get("chat_template"), str) else None
+        self._specials = {name: (config.get(name) or special.get(name)) for name in ("bos_token", "eos_token")}
+        self._specials = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k, v in self._specials.items()}
         self.eos_token_id = token_id("eos_token")
         self.bos_token_id = token_id("bos_token")
         self.pad_token_id = token_id("pad_token")
@@ -33,6 +36,24 @@ class LightTokenizer:
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
         return {"input_ids": self._tok.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False,
+                            add_generation_prompt: bool = True) -> str:
+        """The model's chat template rendered as transformers renders it (a sandboxed jinja2 environment, the
+        special tokens as variables), as text."""
+        if not self.chat_template:
+            raise ValueError("this tokenizer has no chat_template")
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        return env.from_string(self.chat_template).render(messages=messages,
+                                                          add_generation_prompt=add_generation_prompt,
+                                                          **self._specials)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -35,3 +35,32 @@ def test_grpo_runs_on_each_family(family, tie, kv_heads, tmp_path):
     assert trained, "no step trained"
     for m in trained:  # on-policy: trainer and rollout agree on every sampled token's log-probability
         assert abs(m["is_ratio_max"] - 1.0) < 1e-3 and abs(m["is_ratio_mean"] - 1.0) < 1e-4
+
+
+def test_chat_formatted_prompts_run_through_the_services_and_a_model_without_a_template_is_refused(
+        tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    model = tmp_path / "chat"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{{ bos_token }}{% for m in messages %}({{ m['content'] }}){% endfor %}"
+                               "{% if add_generation_prompt %} {% endif %}")
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    c = start_cluster(tmp_path, model, rollout={"replicas": 1})
+    try:
+        with Client(c.coordinator_address()) as client:
+            done = client.wait(client.submit(JOB + "prompt_format: chat\n", name="chat").id, timeout_s=300)
+            assert done.state == "succeeded", done.error
+            assert all(m["samples"] == 32 for m in main_steps(client, done.id).values())
+    finally:
+        c.stop()
+    plain = start_cluster(tmp_path / "plain", tiny_model_dir, rollout={"replicas": 1})
+    try:
+        with Client(plain.coordinator_address()) as client:
+            failed = client.wait(client.submit(JOB + "prompt_format: chat\n", name="no-template").id,
+                                 timeout_s=120)
+    finally:
+        plain.stop()
+    assert failed.state == "failed" and "prompt_format: chat needs a tokenizer with a chat_template" in failed.error
