@@ -56,6 +56,7 @@ def test_chat_formatted_prompts_run_through_the_services_and_a_model_without_a_t
             assert all(m["samples"] == 32 for m in main_steps(client, done.id).values())
     finally:
         c.stop()
+    (tmp_path / "plain").mkdir()
     plain = start_cluster(tmp_path / "plain", tiny_model_dir, rollout={"replicas": 1})
     try:
         with Client(plain.coordinator_address()) as client:
