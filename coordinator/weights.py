@@ -93,7 +93,7 @@ class WeightSync:
 
         A replica marked down whose health check passes again is re-admitted: the group is formed anew with it.
         When a push fails, replicas that no longer answer health checks are marked down and the push is retried
-        once with the others.
+        once with the others (with all of them, in a new group, when every one still answers).
         """
         back = [ep for ep in pool.eps if not ep.healthy and await probe(ep)]
         for ep in back:
@@ -109,13 +109,15 @@ class WeightSync:
                 raise TrainerUnavailable(f"the trainer at {self.trainer.eps[0].address} stopped answering during "
                                          f"the push of version {version}: {err}") from err
             alive = [ep for ep in members if await probe(ep)]
-            if len(alive) == len(members) or not alive:
+            if not alive:
                 raise
             for ep in members:
                 if ep not in alive:
                     ep.healthy = False
-            log.warning("%s replicas down after a failed push: %s", name,
-                        [ep.address for ep in members if ep not in alive])
+            # With every receiver still answering, the failure was the channel's (a peer that restarted between
+            # joining and the broadcast): the group is formed anew and the push tried once more.
+            log.warning("push of version %d to %s failed (%s); down: %s; trying again in a new group", version,
+                        name, err, [ep.address for ep in members if ep not in alive])
             # A replica lost during the commit leaves the others already serving ``version``: only those still
             # behind receive it again (a replica refuses a version it already serves).
             behind = [ep for ep in alive if await self._served_version(ep) < version]
