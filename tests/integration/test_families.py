@@ -60,8 +60,9 @@ def test_chat_formatted_prompts_run_through_the_services_and_a_model_without_a_t
     plain = start_cluster(tmp_path / "plain", tiny_model_dir, rollout={"replicas": 1})
     try:
         with Client(plain.coordinator_address()) as client:
-            failed = client.wait(client.submit(JOB + "prompt_format: chat\n", name="no-template").id,
-                                 timeout_s=120)
+            from alignmesh.clients.errors import JobFailed
+
+            with pytest.raises(JobFailed, match="prompt_format: chat needs a tokenizer with a chat_template"):
+                client.wait(client.submit(JOB + "prompt_format: chat\n", name="no-template").id, timeout_s=120)
     finally:
         plain.stop()
-    assert failed.state == "failed" and "prompt_format: chat needs a tokenizer with a chat_template" in failed.error
