@@ -28,14 +28,7 @@ class Announcer:
 
     def client(self):
         if self._client is None:
-            from alignmesh.clients.client import Client
-
-            tls = self.security.tls
-            read = (lambda p: Path(p).read_bytes() if p else None)
-            self._client = Client(self.coordinator, token=self.security.bearer(), timeout_s=5, retries=0,
-                                  root_certificates=read(tls.ca) if tls else None,
-                                  private_key=read(tls.key) if tls and tls.ca else None,
-                                  certificate_chain=read(tls.cert) if tls and tls.ca else None)
+            self._client = member_client(self.coordinator, self.security, timeout_s=5)
         return self._client
 
     def started(self, port: int, metrics_port: int = 0) -> None:
@@ -68,6 +61,19 @@ class Announcer:
         except Exception as exc:  # noqa: BLE001 - its lease runs out instead
             log.warning("could not tell the coordinator that %s is leaving: %s", self.address, exc)
         self.client().close()
+
+
+def member_client(address: str, security, timeout_s: float):
+    """A client of the coordinator with the cluster's own credentials (its token; with a CA, its certificate), as
+    a cluster member calls it; no retries: the callers try again on their own schedule."""
+    from alignmesh.clients.client import Client
+
+    tls = security.tls
+    mutual = tls is not None and tls.ca is not None
+    return Client(address, token=security.bearer(), timeout_s=timeout_s, retries=0,
+                  root_certificates=Path(tls.ca).read_bytes() if mutual else None,
+                  private_key=Path(tls.key).read_bytes() if mutual else None,
+                  certificate_chain=Path(tls.cert).read_bytes() if mutual else None)
 
 
 def advertise_host(bind_host: str, given: str | None) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
+from alignmesh.deploy.announce import member_client
 from alignmesh.deploy.local import LocalCluster, Member
 
 LEASE_S, RENEW_S, DRAIN_TIMEOUT_S, START_TIMEOUT_S = 30.0, 5.0, 120.0, 180.0
@@ -31,15 +31,7 @@ class Scaler:
 
     def client(self):
         if self._client is None:
-            from alignmesh.clients.client import Client
-
-            sec = self.cluster.cfg.security
-            read = (lambda p: Path(p).read_bytes() if p else None)
-            tls = sec.tls
-            self._client = Client(self.cluster.coordinator_address(), token=sec.bearer(), timeout_s=3, retries=0,
-                                  root_certificates=read(tls.ca) if tls else None,
-                                  private_key=read(tls.key) if tls and tls.ca else None,
-                                  certificate_chain=read(tls.cert) if tls and tls.ca else None)
+            self._client = member_client(self.cluster.coordinator_address(), self.cluster.cfg.security, timeout_s=3)
         return self._client
 
     def tick(self) -> None:
