@@ -22,6 +22,8 @@ ELASTIC = ("rollout", "reward", "reference")
 DNS_PREFIX = "dns:///"
 MAX_REPLICAS = 64
 DEFAULT_LEASE_S, MAX_LEASE_S = 30.0, 3600.0
+MAX_REGISTERED = 256  # live registrations per role: a caller cannot grow the tables without end
+MAX_ADDRESS = 255
 
 
 @dataclass
@@ -35,6 +37,8 @@ class MemberView:
 
 
 def check_address(address: str, field: str = "address") -> str:
+    if len(address) > MAX_ADDRESS:
+        raise InvalidArgument(field, f"at most {MAX_ADDRESS} characters, got {len(address)}")
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in address):
         raise InvalidArgument(field, f"must be host:port, got {address!r}")
@@ -72,17 +76,25 @@ class Membership:
         _check_role(role)
         check_address(address)
         if metrics_address:
-            self.metrics[(role, address)] = check_address(metrics_address, "metrics_address")
+            check_address(metrics_address, "metrics_address")
         if not 0 <= lease_s <= MAX_LEASE_S:
             raise InvalidArgument("lease_s", f"must be in [0, {MAX_LEASE_S:.0f}] seconds (0: "
                                              f"{DEFAULT_LEASE_S:.0f}), got {lease_s}")
         key = (role, address)
+        now = self.clock()
+        live = sum(r == role and until > now for (r, _), until in self.leases.items())
+        if key not in self.leases and not leaving and live >= MAX_REGISTERED:
+            raise InvalidArgument("address", f"{role} already has {MAX_REGISTERED} live registrations; let some "
+                                             f"expire or leave first")
+        if metrics_address:
+            self.metrics[key] = metrics_address
+        known = key in self.leases or address in self.static[role] or address in self.resolved[role]
         if leaving:
-            if key not in self.leaving:
+            if key not in self.leaving and known:  # leaving an unknown address records nothing
                 self.generation += 1
                 self.leaving[key] = self.generation
         else:
-            if key in self.leaving or key not in self.leases and address not in self.static[role]:
+            if key in self.leaving or not known:
                 self.generation += 1
             self.leaving.pop(key, None)
             self.leases[key] = self.clock() + (lease_s or DEFAULT_LEASE_S)

@@ -85,3 +85,26 @@ def test_registrations_long_gone_are_forgotten():
     assert [v.address for v in m.members() if v.role == "rollout"] == ["a:1", "b:2"]
     clock.t += 2
     assert [v.address for v in m.members() if v.role == "rollout"] == ["a:1"]
+
+
+def test_registrations_are_bounded_in_size_and_number():
+    m = Membership({})
+    with pytest.raises(InvalidArgument, match="at most 255 characters") as err:
+        m.register("rollout", "h" * 300 + ":1")
+    assert err.value.field == "address"
+    with pytest.raises(InvalidArgument, match="host:port") as err:
+        m.register("rollout", "a:1", metrics_address="no-port")
+    assert err.value.field == "metrics_address"
+    for i in range(256):
+        m.register("reward", f"10.0.{i // 200}.{i % 200}:1")
+    with pytest.raises(InvalidArgument, match="reward already has 256 live registrations"):
+        m.register("reward", "10.9.9.9:1")
+    m.register("reward", "10.0.0.0:1")  # a renewal is always taken
+    m.register("rollout", "10.9.9.9:1")  # the bound is per role
+
+
+def test_leaving_an_address_nobody_registered_records_nothing():
+    m = Membership({"rollout": ["a:1"]})
+    for i in range(1000):
+        m.register("rollout", f"10.1.{i // 250}.{i % 250}:1", leaving=True)
+    assert m.leaving == {} and [v.address for v in m.members() if v.role == "rollout"] == ["a:1"]

@@ -88,3 +88,13 @@ def test_a_mismatched_served_dtype_is_refused_before_any_transfer(models):
     with pytest.raises(FailedPrecondition, match="is torch.float32.* on the sender, torch.bfloat16"):
         check_manifest(rx.own_specs(), bk.specs_of(named_weights(trainer)))
     check_manifest(rx.own_specs(), bk.served_as(bk.specs_of(named_weights(trainer)), torch.bfloat16))
+
+
+def test_the_served_dtype_a_request_names_is_checked():
+    from alignmesh.services.common.errors import InvalidArgument
+    from alignmesh.services.trainer.convert import sync_dtype
+
+    assert sync_dtype("") is None and sync_dtype("bfloat16") == torch.bfloat16
+    for bad in ("int8", "bool", "float64"):
+        with pytest.raises(InvalidArgument, match="dtype: weights are pushed as one of float32, bfloat16, float16"):
+            sync_dtype(bad)
