@@ -19,7 +19,7 @@ def _check(cond: bool, key: str, why: str) -> None:
 
 @dataclass
 class DatasetConfig:
-    # "addition" (embedded), "jsonl" / "parquet" (train/test files of prompt and answer columns) or "datasets"
+    # "addition" (embedded), "calculator" (embedded: 2-digit products, for the calculator environment), "jsonl" / "parquet" (train/test files of prompt and answer columns) or "datasets"
     # (a save_to_disk directory).
     kind: str = "addition"
     train: str | None = None
@@ -31,10 +31,13 @@ class DatasetConfig:
     # Column names of the prompt and the reference answer (GSM8K: question, answer).
     prompt_key: str = "prompt"
     answer_key: str = "answer"
+    # calculator: the share of warm-start examples shown as a tool-use trace (the rest answer directly).
+    tool_traces: float = 0.25
 
     def validate(self, where: str) -> None:
-        _check(self.kind in ("addition", "jsonl", "parquet", "datasets"), f"{where}.kind",
-               f"must be addition, jsonl, parquet or datasets, got {self.kind!r}")
+        _check(self.kind in ("addition", "calculator", "jsonl", "parquet", "datasets"), f"{where}.kind",
+               f"must be addition, calculator, jsonl, parquet or datasets, got {self.kind!r}")
+        _check(0.0 <= self.tool_traces <= 1.0, f"{where}.tool_traces", f"must be in [0, 1], got {self.tool_traces}")
         if self.kind in ("jsonl", "parquet"):
             _check(bool(self.train), f"{where}.train", f"a {self.kind} file is required for kind {self.kind}")
         if self.kind == "datasets":
@@ -77,6 +80,23 @@ class WarmStartConfig:
         _check(self.batch_size >= 1, f"{where}.batch_size", "must be >= 1")
         _check(self.learning_rate > 0, f"{where}.learning_rate", f"must be > 0, got {self.learning_rate}")
         _check(self.eval_every >= 1, f"{where}.eval_every", "must be >= 1")
+
+
+@dataclass
+class EnvironmentSpec:
+    """Multi-turn episodes: the rollout generates a turn (ended by its end-of-turn token), the environment
+    answers, the next turn continues from the exact token ids so far, until the environment says done or a
+    budget runs out (then the episode ends with the rewards it has)."""
+
+    name: str = ""  # a registered environment on the environment service; empty: its default
+    max_turns: int = 4  # model turns per episode
+    max_tokens: int = 48  # tokens after the prompt: model turns and observations together
+
+    def validate(self, where: str) -> None:
+        _check(1 <= self.max_turns <= 64, f"{where}.max_turns", f"must be in [1, 64], got {self.max_turns}")
+        _check(1 <= self.max_tokens <= 65536, f"{where}.max_tokens", f"must be in [1, 65536], got {self.max_tokens}")
+        if self.name:
+            _label(self.name, f"{where}.name")
 
 
 @dataclass
@@ -178,6 +198,8 @@ class JobConfig:
     # Asynchronous training: collect experience for up to this many steps ahead of the step being trained, so no
     # sample is trained on more than this many weight versions after the one that generated it. 0: in turn.
     max_staleness: int = 0
+    # Episodes in an environment instead of single completions (needs the cluster's environment role).
+    environment: EnvironmentSpec | None = None
 
     def validate(self, where: str) -> None:
         """The schema: types (by ``from_dict``) and values. The same on a client (``alignmesh validate``, before a

@@ -30,6 +30,10 @@ class Rollouts:
     logprobs: torch.Tensor  # float32 [N, L]
     finish_reasons: list[str]
     versions: torch.Tensor  # int64 [N]: weight version that produced each sample
+    # Episodes (``coordinator/episodes.py``): 1.0 on the tokens the model sampled (observations 0), and each
+    # sample's own prompt. None for single completions.
+    loss_mask: torch.Tensor | None = None  # float32 [N, L]
+    prompt_ids: list[list[int]] | None = None
 
 
 def pad_right(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

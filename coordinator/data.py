@@ -14,6 +14,9 @@ from alignmesh.services.common.errors import ConfigError
 class Example:
     prompt: str
     answer: str
+    # A demonstration for the warm start: the model's turns and the environment's answers, alternating, starting
+    # and ending with a model turn (each model turn is followed by end-of-turn). Empty: the answer alone.
+    trace: tuple[str, ...] = ()
 
 
 @dataclass
@@ -32,6 +35,22 @@ def addition_splits(seed: int = 0, max_operand: int = 99, test_size: int = 500, 
         raise ConfigError(f"dataset: test_size + dev_size must be < {len(examples)} examples")
     return Splits(train=examples[test_size + dev_size:], test=examples[:test_size],
                   dev=examples[test_size:test_size + dev_size])
+
+
+def calculator_splits(seed: int = 0, tool_traces: float = 0.25, test_size: int = 500,
+                      dev_size: int = 200) -> Splits:
+    """All ``a*b=`` with a, b in [10, 99], shuffled by ``seed`` and split test / dev / train. A share
+    ``tool_traces`` of the training examples carries the calculator demonstration ``(a*b)`` → ``=p `` → ``p``
+    (used by a warm start; the others teach a direct answer, which the model cannot compute reliably)."""
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    rng = random.Random(seed)
+    rng.shuffle(pairs)
+    examples = [Example(f"{a}*{b}=", str(a * b)) for a, b in pairs]
+    if test_size + dev_size >= len(examples):
+        raise ConfigError(f"dataset: test_size + dev_size must be < {len(examples)} examples")
+    train = [Example(e.prompt, e.answer, (f"({e.prompt[:-1]})", f"={e.answer} ", e.answer))
+             if rng.random() < tool_traces else e for e in examples[test_size + dev_size:]]
+    return Splits(train=train, test=examples[:test_size], dev=examples[test_size:test_size + dev_size])
 
 
 def _read_jsonl(path: str | Path, field: str, keys: tuple[str, ...], make) -> list:

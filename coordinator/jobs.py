@@ -35,6 +35,13 @@ def validate(text: str, cluster: ClusterConfig) -> JobConfig:
     if cfg.max_staleness and not getattr(flow, "asynchronous", False):
         raise ConfigError(f"max_staleness: the {cfg.algorithm} flow trains synchronously; set 0 (flows that run "
                           f"ahead: {[n for n in FLOWS.names() if getattr(FLOWS.get(n), 'asynchronous', False)]})")
+    if cfg.environment is not None:
+        if not getattr(flow, "episodes", False):
+            raise ConfigError(f"environment: the {cfg.algorithm} flow trains on single completions; episodes run with "
+                              f"{[n for n in FLOWS.names() if getattr(FLOWS.get(n), 'episodes', False)]}")
+        if not cluster.endpoints.get("environment"):
+            raise ConfigError("environment: this cluster runs no environment service; start one (environment.replicas"
+                              " >= 1 in the cluster config, or endpoints.environment) or drop the job's environment")
     paths = path_policy(cluster)  # every file a job names lies where the operator allows
     for field, value in (("init", cfg.init), ("dataset.train", cfg.dataset.train), ("dataset.test", cfg.dataset.test),
                          ("dataset.path", cfg.dataset.path), ("params.pairs", getattr(params, "pairs", None))):

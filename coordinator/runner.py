@@ -14,11 +14,12 @@ import grpc
 
 from alignmesh.coordinator.artifacts import RunDir
 from alignmesh.coordinator.config import JobConfig, parse_job_config
-from alignmesh.coordinator.data import (PromptSampler, Splits, addition_splits, load_hf_disk, load_jsonl,
-                                        load_parquet)
+from alignmesh.coordinator.data import (PromptSampler, Splits, addition_splits, calculator_splits, load_hf_disk,
+                                        load_jsonl, load_parquet)
 from alignmesh.coordinator.flows.base import Cancelled, Control, FlowContext
 from alignmesh.coordinator.flows.registry import resolve
 from alignmesh.coordinator.flows.sft import SFT, SFTParams
+from alignmesh.coordinator.environment_pool import environment_pool
 from alignmesh.coordinator.handles import make_pools
 from alignmesh.coordinator.trackers import open_trackers
 from alignmesh.coordinator.weights import WeightSync
@@ -39,6 +40,8 @@ def load_splits(cfg: JobConfig) -> Splits:
     d = cfg.dataset
     if d.kind == "addition":
         return addition_splits(d.seed, test_size=d.test_size, dev_size=d.dev_size)
+    if d.kind == "calculator":
+        return calculator_splits(d.seed, d.tool_traces, test_size=d.test_size, dev_size=d.dev_size)
     keys = (d.prompt_key, d.answer_key)
     if d.kind in ("jsonl", "parquet"):
         load = load_jsonl if d.kind == "jsonl" else load_parquet
@@ -179,12 +182,15 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
                                                              cluster.coordinator.rpc_timeout_s,
                                                              int(tokenizer.pad_token_id),
                                                              authority=manager.membership.authority)
+    environment = (environment_pool(cluster.endpoints["environment"], cluster.security,
+                                    cluster.coordinator.rpc_timeout_s, ledger=trainer.ledger)
+                   if cluster.endpoints.get("environment") else None)
     sync = WeightSync(trainer, cluster.coordinator.store_host, cfg.sync.bucket_bytes, cfg.sync.timeout_s,
                       cfg.sync.backend, dtypes={"rollout": cluster.rollout.dtype, "reference": cluster.reference.dtype})
     data = load_splits(cfg)
     ctx = FlowContext(cfg, params, rollout, reward, reference, trainer, tokenizer, data,
                       PromptSampler(data.train, cfg.seed), sync, emit, control, critic=critic,
-                      run_dir=rec.run_dir, membership=manager.membership, job_id=rec.id)
+                      run_dir=rec.run_dir, membership=manager.membership, job_id=rec.id, environment=environment)
     ckpt = Checkpointer(ctx, rec.run_dir)
     every = cfg.checkpoint_every
 
@@ -212,6 +218,6 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
     finally:
         manager.membership.detach(rec.id)
         run.close()
-        for pool in (rollout, reward, reference, trainer, critic):
+        for pool in (rollout, reward, reference, trainer, critic, environment):
             if pool is not None:
                 await pool.close()

@@ -59,8 +59,11 @@ def run_demo(config: str | None, job_config: str | None, out: str) -> int:
         cfg.rollout.replicas = 2
         if spec.get("algorithm") in NEEDS_CRITIC:
             cfg.critic.replicas = 1
+    if spec.get("environment") is not None and not cfg.environment.replicas:
+        cfg.environment.replicas = 1
     cfg.coordinator.runs_dir = out
-    roles = ", ".join(f"{m} x{cfg.replicas(m)}" for m in ("trainer", "critic", "rollout", "reward", "reference")
+    roles = ", ".join(f"{m} x{cfg.replicas(m)}" for m in ("trainer", "critic", "rollout", "reward", "reference",
+                                                               "environment")
                       if cfg.replicas(m))
     print(f"starting the local cluster ({roles}, coordinator)...", flush=True)
     with LocalCluster(cfg) as cluster:

@@ -24,7 +24,7 @@ from alignmesh.services.common.server import channel_credentials
 from alignmesh.services.common.settings import ClusterConfig, SecurityConfig
 from alignmesh.services.models.tiny import ensure_model
 
-START_ORDER = ("trainer", "critic", "rollout", "reference", "reward", "coordinator")
+START_ORDER = ("trainer", "critic", "rollout", "reference", "reward", "environment", "coordinator")
 
 
 @dataclass

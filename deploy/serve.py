@@ -55,6 +55,14 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         from alignmesh.coordinator.servicer import build_coordinator
 
         return build_coordinator(cfg)
+    if role == "environment":
+        from alignmesh.services.environment import servicer
+        from alignmesh.services.environment.table import Environments, EpisodeTable
+
+        e = cfg.environment
+        table = EpisodeTable(Environments(e.default, e.environments), e.max_episodes, e.episode_idle_s)
+        svc = servicer.EnvironmentServicer(table)
+        return lambda server: servicer.add_to_server(svc, server)
     from alignmesh.services.models.tiny import ensure_model
 
     path = str(ensure_model(cfg))

@@ -17,11 +17,13 @@ import torch
 
 from alignmesh.coordinator.config import JobConfig
 from alignmesh.coordinator.data import Example, PromptSampler, Splits
+from alignmesh.coordinator import episodes
 from alignmesh.coordinator.flows import sequences
 from alignmesh.coordinator.flows.pipeline import PHASES, Ahead, resumed
 from alignmesh.coordinator.membership import Membership
 from alignmesh.coordinator.handles import ReferencePool, RewardPool, RolloutPool, TrainerHandle
 from alignmesh.coordinator.weights import SyncResult, WeightSync
+from alignmesh.services.common.errors import ConfigError
 
 
 class Flow(Protocol):
@@ -75,6 +77,8 @@ class FlowContext:
     trained_cursor: int | None = None  # the sampler's cursor after the prompts of the last step trained
     membership: Membership | None = None  # elastic replicas: applied at every step boundary
     job_id: str = ""
+    environment: Any = None  # the environment pool (``environment_pool.EnvironmentPool``) of an agent job
+    eval_notes: dict[str, float] = field(default_factory=dict)  # the last evaluation's episode facts
 
     # -- data ---------------------------------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> list[list[int]]:
@@ -113,6 +117,24 @@ class FlowContext:
         """A target completion's tokens, ended by eos as a generated completion is."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [int(self.tokenizer.eos_token_id)]
 
+    def demonstrations(self, examples: list[Example]) -> sequences.SequenceBatch:
+        """Supervised rows: prompt + answer, or prompt + the example's ``trace`` (model turns each ended by eos
+        and trained on; the environment's answers between them tokenized on their own, as in an episode, and
+        masked out of the loss)."""
+        prompts, completions, masks = self.encode(examples), [], []
+        for e in examples:
+            ids, mask = [], []
+            for i, text in enumerate(e.trace or (e.answer,)):
+                part = self.answer_ids(text) if i % 2 == 0 else self.tokenizer(text, add_special_tokens=False)["input_ids"]
+                ids += part
+                mask += [1.0 if i % 2 == 0 else 0.0] * len(part)
+            completions.append(ids)
+            masks.append(torch.tensor(mask))
+        batch = self.sequences(prompts, completions)
+        for row, (q, m) in enumerate(zip(prompts, masks)):
+            batch.loss_mask[row, len(q):len(q) + len(m)] = m
+        return batch
+
     def pair_batch(self, pairs: list) -> sequences.SequenceBatch:
         """Preference pairs as one batch: the chosen rows, then the rejected rows in the same order."""
         prompts = [self.prompt_ids(x.prompt) for x in pairs]
@@ -126,10 +148,14 @@ class FlowContext:
         return sequences.concat(batches, int(self.tokenizer.pad_token_id))
 
     def rollout_batch(self, prompts: list[list[int]], out, n: int) -> sequences.SequenceBatch:
-        """``n`` samples per prompt as training rows, with the rollout's own log-probabilities in place."""
-        rows = [q for q in prompts for _ in range(n)]
+        """``n`` samples per prompt as training rows, with the rollout's own log-probabilities in place. Episodes
+        bring their own prompts and a loss mask on the model's own tokens (observations are not trained on)."""
+        rows = out.prompt_ids if out.prompt_ids is not None else [q for q in prompts for _ in range(n)]
         batch = self.sequences(rows, self.completions(out.completion_ids, out.lengths))
-        batch.behavior_logprobs = sequences.place(out.logprobs, [len(q) for q in rows], batch.input_ids.shape[1])
+        starts, width = [len(q) for q in rows], batch.input_ids.shape[1]
+        batch.behavior_logprobs = sequences.place(out.logprobs, starts, width)
+        if out.loss_mask is not None:
+            batch.loss_mask = batch.loss_mask * sequences.place(out.loss_mask, starts, width)
         return batch
 
     async def score(self, examples: list[Example], texts: list[str]) -> torch.Tensor:
@@ -138,11 +164,21 @@ class FlowContext:
 
     async def sample(self, examples: list[Example], n: int, step: int, attempt: int = 0):
         """Generate ``n`` samples per prompt (all rollout replicas) and score them: (prompts, rollouts, rewards).
-        ``attempt``: a further round of the same step (its own seeds)."""
+        ``attempt``: a further round of the same step (its own seeds). A job with an ``environment`` plays ``n``
+        episodes per prompt instead; their rewards are the environment's."""
         s = self.config.sampling
+        seed = self.config.seed * 100_003 + step + attempt * 7_777_777
+        if self.config.environment is not None:
+            with self.phase("episodes"):
+                eps = await self.player().play(examples, n, seed, episodes.Sampling(
+                    self.live("temperature", s.temperature), s.top_p, s.max_new_tokens))
+            for k, v in episodes.summary(eps).items():
+                self.note(k, v)
+            out = episodes.as_rollouts(eps, int(self.tokenizer.pad_token_id))
+            return out.prompt_ids[::n], out, torch.tensor([e.reward for e in eps], dtype=torch.float32)
         with self.phase("generate"):
             prompts = self.encode(examples)
-            out = await self.rollout.generate(prompts, n=n, seed=self.config.seed * 100_003 + step + attempt * 7_777_777,
+            out = await self.rollout.generate(prompts, n=n, seed=seed,
                                               temperature=self.live("temperature", s.temperature), top_p=s.top_p,
                                               max_new_tokens=s.max_new_tokens)
         with self.phase("reward"):
@@ -167,9 +203,24 @@ class FlowContext:
         return result
 
     # -- evaluation ---------------------------------------------------------------------------------------
+    def player(self) -> episodes.Player:
+        if self.environment is None:
+            raise ConfigError("environment: this job plays episodes but the cluster runs no environment service; "
+                              "set environment.replicas >= 1 in the cluster config")
+        return episodes.Player(self.rollout, self.environment, self.tokenizer, self.config.environment,
+                               self.prompt_ids)
+
     async def evaluate(self, split: str = "test", size: int | None = None) -> float:
-        """Greedy held-out accuracy through the rollout and reward services."""
+        """Greedy held-out accuracy through the rollout and reward services (or greedy episodes: the share with
+        reward > 0.5; their mean facts, e.g. tool use, go with the next ``report_eval``)."""
         examples = getattr(self.data, split)[: size or self.config.eval.size]
+        if self.config.environment is not None:
+            eps = await self.player().play(examples, 1, 0, episodes.Sampling(1.0, 1.0, self.config.sampling.max_new_tokens,
+                                                                             greedy=True))
+            sums = episodes.summary(eps)
+            prefix = "" if split == "test" else f"{split}_"
+            self.eval_notes = {f"{prefix}{k}": v / sums["episodes"] for k, v in sums.items() if k != "episodes"}
+            return float(sum(e.reward > 0.5 for e in eps) / len(eps))
         out = await self.rollout.generate(self.encode(examples), n=1, seed=0, greedy=True,
                                           max_new_tokens=self.config.sampling.max_new_tokens)
         rewards = await self.score(examples, self.decode(out.completion_ids, out.lengths))
@@ -186,6 +237,12 @@ class FlowContext:
             yield
         finally:
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
+    def note(self, name: str, value: float) -> None:
+        """Add to a per-step sum reported with the step (with the count "episodes": as a mean per episode)."""
+        phases = PHASES.get()
+        phases = self.phases if phases is None else phases
+        phases["@" + name] = phases.get("@" + name, 0.0) + value
 
     def live(self, knob: str, default: float) -> float:
         """The job's current value of a live knob (changed by UpdateJob), else ``default``."""
@@ -261,14 +318,18 @@ class FlowContext:
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         """A step event: the flow's metrics, the time per phase and in total, and the RPC payload of the step."""
-        timings = {f"time_{k}": v for k, v in self.phases.items()}
+        timings = {f"time_{k}": v for k, v in self.phases.items() if not k.startswith("@")}
+        count = self.phases.get("@episodes", 0.0)
+        timings.update({f"episode_{k[1:]}": v / count for k, v in self.phases.items()
+                        if k.startswith("@") and k != "@episodes" and count})
         timings["time_step"] = time.perf_counter() - self.step_started
         timings["rollout_replicas"] = float(sum(ep.healthy for ep in self.rollout.eps))
         timings.update(self.trainer.ledger.metrics())
         self.emit("step", {"stage": self.stage, "step": step, "metrics": {**metrics, **timings}})
 
     def report_eval(self, step: int, metrics: dict[str, float]) -> None:
-        self.emit("eval", {"stage": self.stage, "step": step, "metrics": metrics})
+        notes, self.eval_notes = self.eval_notes, {}
+        self.emit("eval", {"stage": self.stage, "step": step, "metrics": {**metrics, **notes}})
 
     def log(self, message: str) -> None:
         self.emit("log", {"stage": self.stage, "message": message})

@@ -62,6 +62,7 @@ class Round:
 class GRPO:
     Params = GRPOParams
     asynchronous = True  # collect() may run ahead of training (max_staleness)
+    episodes = True  # trains on multi-turn episodes when the job names an environment
 
     async def sample_round(self, ctx: FlowContext, step: int, attempt: int) -> Round:
         """G samples for each of P new prompts, their (shaped) rewards and group-normalised advantages."""

@@ -31,6 +31,7 @@ class ReinforcePPParams:
 class ReinforcePP:
     Params = ReinforcePPParams
     asynchronous = True
+    episodes = True  # trains on multi-turn episodes when the job names an environment
 
     async def collect(self, ctx: FlowContext, step: int):
         p: ReinforcePPParams = ctx.params

@@ -30,6 +30,7 @@ class RLOOParams:
 class RLOO:
     Params = RLOOParams
     asynchronous = True
+    episodes = True  # trains on multi-turn episodes when the job names an environment
 
     async def collect(self, ctx: FlowContext, step: int):
         p: RLOOParams = ctx.params

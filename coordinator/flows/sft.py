@@ -1,4 +1,5 @@
-"""Supervised fine-tuning on (prompt, answer) pairs: the warm start, or a job of its own."""
+"""Supervised fine-tuning on (prompt, answer) pairs, or on multi-turn demonstrations (the model's turns trained,
+the environment's answers only read): the warm start, or a job of its own."""
 
 from __future__ import annotations
 
@@ -34,9 +35,7 @@ class SFT:
         total = self.max_steps if self.max_steps is not None else ctx.config.steps
         async for step in ctx.steps(total):
             with ctx.phase("train"):
-                examples = ctx.sampler.take(p.batch_size)
-                answers = [ctx.answer_ids(e.answer) for e in examples]
-                batch = ctx.sequences(ctx.encode(examples), answers)
+                batch = ctx.demonstrations(ctx.sampler.take(p.batch_size))
                 _, metrics = await ctx.trainer.train_step(batch.input_ids, batch.attention_mask, batch.loss_mask,
                                                           loss=dict(name="sft"), learning_rate=p.learning_rate)
             ctx.report(step, metrics)

@@ -31,6 +31,12 @@ class Aborted(AlignmeshError):
     code = "ABORTED"
 
 
+class ResourceExhausted(AlignmeshError):
+    """A bound the operator set is reached; the message names the setting."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class Unavailable(AlignmeshError):
     code = "UNAVAILABLE"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from alignmesh.services.common.config import from_dict, read_yaml
 from alignmesh.services.common.errors import ConfigError
 
-ROLES = ("trainer", "critic", "rollout", "reward", "reference", "coordinator")
+ROLES = ("trainer", "critic", "rollout", "reward", "reference", "environment", "coordinator")
 EXAMPLE_FLOWS = Path(__file__).resolve().parents[2] / "examples" / "flows"  # the shipped example flows
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "tiny-llama-chars-v1"  # the embedded default (services/models/tiny.py)
@@ -127,6 +127,24 @@ class RewardConfig:
 
     def validate(self, where: str) -> None:
         _positive(where, "replicas", self.replicas)
+
+
+@dataclass
+class EnvironmentConfig:
+    """Environments that agent jobs (a job's ``environment:``) act in, turn by turn."""
+
+    replicas: int = 0  # 0: no environment service (single-turn jobs only)
+    default: str = "calculator"
+    # The operator's own environments: name -> "package.module:Class" or "path/to/file.py:Class".
+    environments: dict[str, str] = field(default_factory=dict)
+    max_episodes: int = 4096  # live episodes per replica
+    episode_idle_s: float = 600.0  # an episode not stepped this long is forgotten
+
+    def validate(self, where: str) -> None:
+        if self.replicas < 0:
+            raise ConfigError(f"{where}.replicas: must be >= 0, got {self.replicas}")
+        _positive(where, "max_episodes", self.max_episodes)
+        _positive(where, "episode_idle_s", self.episode_idle_s)
 
 
 @dataclass
@@ -253,6 +271,7 @@ class ClusterConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     lora: LoraConfig | None = None  # LoRA adapters on the policy (torch trainer, HF rollout)
     # Addresses of every replica by role ("host:port"); the local launcher fills them in. For rollout, reward and
