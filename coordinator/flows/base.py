@@ -169,7 +169,7 @@ class FlowContext:
         s = self.config.sampling
         seed = self.config.seed * 100_003 + step + attempt * 7_777_777
         if self.config.environment is not None:
-            with self.phase("episodes"):
+            with self.phase("generate"):  # the model's turns and the environment's answers
                 eps = await self.player().play(examples, n, seed, episodes.Sampling(
                     self.live("temperature", s.temperature), s.top_p, s.max_new_tokens))
             for k, v in episodes.summary(eps).items():

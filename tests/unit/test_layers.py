@@ -2,7 +2,7 @@
 they run too) is an arrow, and these arrows are forbidden (docs/architecture.md draws the layers):
 
 - ``services`` never imports ``coordinator``, ``clients`` or ``deploy``;
-- a role (``services.rollout``, ``reward``, ``reference``, ``trainer``) never imports another role;
+- a role (``services.rollout``, ``reward``, ``reference``, ``trainer``, ``environment``) never imports another role;
 - ``coordinator`` never imports a role, ``clients`` or ``deploy``;
 - nothing but ``deploy`` imports ``deploy`` (the launcher sits on top);
 - the client (``clients``, and the ``alignmesh`` entry point's module-level imports) reaches, transitively, only
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("protos", "services", "coordinator", "clients", "deploy")
-ROLES = ("rollout", "reward", "reference", "trainer")
+ROLES = ("rollout", "reward", "reference", "trainer", "environment")
 CORE = {"alignmesh.services.common.errors", "alignmesh.services.common.config", "alignmesh.services.common.settings",
         "alignmesh.services.common.registry",
         # the job schema: one definition, checked by the client before a submit and by the coordinator

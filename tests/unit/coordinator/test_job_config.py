@@ -44,7 +44,8 @@ def test_every_example_job_validates(monkeypatch, tiny_model_dir):
 
     monkeypatch.chdir(EXAMPLES.parent)  # relative paths in the examples are from the repository root
     cluster = dataclasses.replace(CLUSTER, security=dataclasses.replace(
-        CLUSTER.security, path_roots=[str(tiny_model_dir.parent), str(EXAMPLES)]))
+        CLUSTER.security, path_roots=[str(tiny_model_dir.parent), str(EXAMPLES)]),
+        endpoints={"environment": ["127.0.0.1:1"]})  # agent examples need an environment service
     jobs = [p for p in EXAMPLES.glob("*.yaml") if not p.name.startswith("cluster")]
     assert len(jobs) >= 10
     for p in jobs:
