@@ -48,7 +48,7 @@ def test_the_pieces_fit(overlay):
     cluster = from_dict(ClusterConfig, yaml.safe_load(config_map["data"]["cluster.yaml"]), "")
     services = by_kind(docs, "Service")
     workloads = {**by_kind(docs, "Deployment"), **by_kind(docs, "StatefulSet")}
-    assert set(workloads) == {"coordinator", "trainer", "rollout", "reference", "reward"}
+    assert set(workloads) == {"coordinator", "trainer", "rollout", "reference", "reward", "environment"}
     for role, w in workloads.items():
         pod = w["spec"]["template"]
         (container,) = pod["spec"]["containers"]
@@ -65,6 +65,8 @@ def test_the_pieces_fit(overlay):
         assert headless["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     for role in ("rollout", "reference", "reward"):  # found by the headless Service's name
         assert cluster.endpoints[role] == [f"dns:///{role}-headless:50051"]
+    assert cluster.endpoints["environment"] == ["environment-0.environment-headless:50051"]  # sticky: by name
+    assert workloads["environment"]["spec"]["serviceName"] == "environment-headless"
     assert cluster.coordinator.store_host == "coordinator-0.coordinator-headless"
     assert workloads["coordinator"]["spec"]["serviceName"] == "coordinator-headless"
     assert cluster.coordinator.db.startswith("/db/")
@@ -77,7 +79,7 @@ def test_the_pieces_fit(overlay):
             .get("nvidia.com/gpu", 0) for role, w in workloads.items()}
     if overlay == "gpu":
         assert gpus == {"trainer": cluster.trainer.processes, "rollout": 1, "reference": 1, "reward": 0,
-                        "coordinator": 0}
+                        "coordinator": 0, "environment": 0}
     else:
         assert not any(gpus.values()) and cluster.trainer.device == "cpu"
 
