@@ -7,6 +7,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter, Gauge
+
 from alignmesh.services.common.errors import ConfigError, InvalidArgument, NotFound, ResourceExhausted
 from alignmesh.services.common.registry import load_callable
 from alignmesh.services.environment.base import ENVIRONMENTS, Environment, Episode, Transition
@@ -19,6 +21,12 @@ class Live:
     first: str  # the first observation (a repeated Reset answers it again)
     used: float = field(default_factory=time.monotonic)
     done: bool = False
+
+
+LIVE = Gauge("alignmesh_environment_live_episodes", "Episodes this environment replica holds now")
+EPISODES = Counter("alignmesh_environment_episodes_total", "Episodes started, by environment", ["environment"])
+ENDED = Counter("alignmesh_environment_episodes_done_total", "Episodes the environment ended (done)",
+                ["environment"])
 
 
 class Environments:
@@ -69,7 +77,9 @@ class EpisodeTable:
                 except ValueError as exc:
                     raise InvalidArgument(f"episodes[{i}]", f"environment {name!r} cannot start it: {exc}") from None
                 self.live[eid] = Live(name, episode, first)
+                EPISODES.labels(name).inc()
                 out.append(first)
+            LIVE.set(len(self.live))
         return name, out
 
     def step(self, actions: list[tuple[str, str]]) -> list[Transition]:
@@ -86,12 +96,16 @@ class EpisodeTable:
         for live, (_, text) in zip(lives, actions):
             t = live.episode.step(text)
             live.used, live.done = time.monotonic(), t.done
+            if t.done:
+                ENDED.labels(live.environment).inc()
             out.append(t)
         return out
 
     def close(self, ids: list[str]) -> int:
         with self.lock:
-            return sum(self.live.pop(eid, None) is not None for eid in ids)
+            closed = sum(self.live.pop(eid, None) is not None for eid in ids)
+            LIVE.set(len(self.live))
+            return closed
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - self.idle_s

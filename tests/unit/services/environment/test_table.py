@@ -27,7 +27,11 @@ def test_reset_step_close():
     assert [x.reward for x in t.step([("e1", "408")])] == [1.0]
     with pytest.raises(InvalidArgument, match="done; reset a new episode"):
         t.step([("e1", "408")])
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value("alignmesh_environment_live_episodes") == 1.0
     assert t.close(["e1", "unknown"]) == 1
+    assert REGISTRY.get_sample_value("alignmesh_environment_live_episodes") == 0.0
     with pytest.raises(NotFound, match="not live here"):
         t.step([("e1", "408")])
 
