@@ -125,7 +125,6 @@ def episodes_mask(out, batch) -> torch.Tensor:
 def test_an_episode_moves_when_its_environment_replica_dies(services, tiny_model_dir, tmp_path):
     """Episodes are spread over two replicas; after one answer each, a spare replica takes over from one that is
     killed: its episodes are reset there and replayed, so the counter still answers 2 on the second step."""
-    tok = load_light_tokenizer(str(tiny_model_dir))
     config = cluster_yaml(tmp_path, tiny_model_dir, environment={"environments": {"counter": COUNTER}})
     spare, spare_address, _ = serve("environment", config, tmp_path / "spare.log")
     victim, victim_address = services["environment-1"]
