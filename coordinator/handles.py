@@ -91,6 +91,7 @@ class Pool:
         self.ledger = ledger if ledger is not None else RpcLedger()
         self.connect: Callable[[int, str], Endpoint] | None = None  # (replica, address) -> Endpoint, for update
         self.retired: list[Endpoint] = []  # removed replicas: their channels close with the pool
+        self.turns = None  # colocation.Turns when this role shares its device group: woken before it works
         self._next_replica = len(eps)
 
     def healthy(self) -> list[Endpoint]:
@@ -98,6 +99,8 @@ class Pool:
         return up or self.eps
 
     async def call(self, method: str, request, first: int = 0, timeout_s: float | None = None):
+        if self.turns is not None and method not in ("Sleep", "Wake", "GetWeightVersion"):
+            await self.turns.use(self.eps[0].role)
         last: grpc.aio.AioRpcError | None = None
         for attempt in range(self.retries + 1):
             eps = self.healthy()

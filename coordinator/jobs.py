@@ -35,6 +35,9 @@ def validate(text: str, cluster: ClusterConfig) -> JobConfig:
     if cfg.max_staleness and not getattr(flow, "asynchronous", False):
         raise ConfigError(f"max_staleness: the {cfg.algorithm} flow trains synchronously; set 0 (flows that run "
                           f"ahead: {[n for n in FLOWS.names() if getattr(FLOWS.get(n), 'asynchronous', False)]})")
+    if cfg.max_staleness and cluster.colocate:
+        raise ConfigError(f"max_staleness: colocated roles ({cluster.colocate}) take turns with one device group, so "
+                          f"nothing can run ahead; set 0, or give the roles their own devices")
     if cfg.environment is not None:
         if not getattr(flow, "episodes", False):
             raise ConfigError(f"environment: the {cfg.algorithm} flow trains on single completions; episodes run with "

@@ -4,6 +4,7 @@ optional warm start, the flow, periodic resumable checkpoints, the artifacts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import time
@@ -19,6 +20,7 @@ from alignmesh.coordinator.data import (PromptSampler, Splits, addition_splits, 
 from alignmesh.coordinator.flows.base import Cancelled, Control, FlowContext
 from alignmesh.coordinator.flows.registry import resolve
 from alignmesh.coordinator.flows.sft import SFT, SFTParams
+from alignmesh.coordinator.colocation import Turns
 from alignmesh.coordinator.environment_pool import environment_pool
 from alignmesh.coordinator.handles import make_pools
 from alignmesh.coordinator.trackers import open_trackers
@@ -191,6 +193,10 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
     ctx = FlowContext(cfg, params, rollout, reward, reference, trainer, tokenizer, data,
                       PromptSampler(data.train, cfg.seed), sync, emit, control, critic=critic,
                       run_dir=rec.run_dir, membership=manager.membership, job_id=rec.id, environment=environment)
+    if cluster.colocate:
+        ctx.turns = Turns(cluster.colocate, {"trainer": trainer, "rollout": rollout, "reference": reference,
+                                             "critic": critic}, cluster.coordinator.rpc_timeout_s)
+        ctx.turns.phase, ctx.turns.note = ctx.phase, ctx.note
     ckpt = Checkpointer(ctx, rec.run_dir)
     every = cfg.checkpoint_every
 
@@ -200,6 +206,8 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
 
     try:
         run.trackers = await asyncio.to_thread(open_trackers, cfg, Path(rec.run_dir), job, cluster.coordinator)
+        if ctx.turns is not None:
+            await ctx.turns.wake_all()
         await _prepare(ctx, ckpt, rec.run_dir, model_path)
         ctx.on_step_end = on_step_end
         await flow_cls().run(ctx)
@@ -216,6 +224,9 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
     except Cancelled:
         pass
     finally:
+        if ctx.turns is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await ctx.turns.wake_all()
         manager.membership.detach(rec.id)
         run.close()
         for pool in (rollout, reward, reference, trainer, critic, environment):

@@ -72,7 +72,8 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         from alignmesh.services.rollout import backend, servicer
 
         r = cfg.rollout
-        extra = dict(kv_cache_gb=r.kv_cache_gb) if r.backend == "vllm" else {}
+        colocated = any("rollout" in g for g in cfg.colocate)
+        extra = dict(kv_cache_gb=r.kv_cache_gb, sleep_mode=colocated) if r.backend == "vllm" else {}
         if cfg.lora is not None:
             extra["lora"] = cfg.lora
         be = backend.create(r.backend, model_path=path, max_batch_size=r.max_batch_size, device=r.device,

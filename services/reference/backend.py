@@ -9,6 +9,7 @@ import torch
 from alignmesh.services.models.loading import load_causal_lm
 from alignmesh.services.models.lora import adapter_state_copy, adapter_weights_from
 from alignmesh.services.models.logprobs import token_logprobs
+from alignmesh.services.models.offload import SleepStats
 from alignmesh.services.sync.group import GroupSpec, SyncGroup
 from alignmesh.services.sync.receiver import WeightReceiver
 
@@ -18,6 +19,10 @@ class ReferenceBackend(Protocol):
 
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, int]: ...
 
+    def sleep(self, level: int = 1) -> SleepStats: ...
+
+    def wake(self) -> tuple[int, float]: ...
+
     def join_sync_group(self, spec: GroupSpec) -> str: ...
 
     def load_weights(self, path: str, version: int) -> int: ...
@@ -25,12 +30,20 @@ class ReferenceBackend(Protocol):
 
 class TorchReferenceBackend:
     def __init__(self, model_path: str, device: str = "cpu", micro_batch_size: int = 512, dtype: str = "float32",
-                 lora=None):
+                 lora=None, offload_dir: str | None = None):
         self.device, self.dtype, self.lora, self.model_path = device, dtype, lora, model_path
         self.model = load_causal_lm(model_path, device, dtype, lora).eval()
         self.initial_adapters = adapter_state_copy(self.model) if lora is not None else {}
         self.micro_batch_size = micro_batch_size
         self.receiver = WeightReceiver(self.model)
+        self.offload_dir = offload_dir
+
+    def sleep(self, level: int = 1):
+        """Offload the weights (the KV cache lives only within a request): ``services/models/offload.py``."""
+        return self.receiver.sleep(self.offload_dir)
+
+    def wake(self) -> tuple[int, float]:
+        return self.receiver.wake()
 
     def join_sync_group(self, spec: GroupSpec) -> str:
         group = SyncGroup(spec, self.device)

@@ -7,13 +7,14 @@ import asyncio
 from alignmesh.protos.reference.v1 import reference_pb2, reference_pb2_grpc
 from alignmesh.services.common.convert import check_width
 from alignmesh.services.common.paths import PathPolicy
+from alignmesh.services.common.sleep_servicer import SleepWakeMixin
 from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.reference import convert
 from alignmesh.services.reference.backend import ReferenceBackend
 from alignmesh.services.sync.servicer import WeightControlMixin
 
 
-class ReferenceServicer(WeightControlMixin, reference_pb2_grpc.ReferenceServiceServicer):
+class ReferenceServicer(WeightControlMixin, SleepWakeMixin, reference_pb2_grpc.ReferenceServiceServicer):
     role = "reference"
 
     def __init__(self, backend: ReferenceBackend, vocab_size: int, paths: PathPolicy, context: int = 0):

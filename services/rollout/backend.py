@@ -8,6 +8,7 @@ from typing import Callable, Protocol
 import torch
 
 from alignmesh.services.common.registry import Registry
+from alignmesh.services.models.offload import SleepStats
 from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.receiver import WeightReceiver
 
@@ -41,6 +42,10 @@ class RolloutBackend(Protocol):
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generation: ...
 
     def join_sync_group(self, spec: GroupSpec) -> str: ...
+
+    def sleep(self, level: int = 1) -> SleepStats: ...
+
+    def wake(self) -> tuple[int, float]: ...
 
 
 BACKENDS: Registry[Callable[..., RolloutBackend]] = Registry("rollout backend", "rollout.backend", {

@@ -13,7 +13,7 @@ from alignmesh.services.sync.receiver import WeightReceiver
 @register("hf")
 class HFRolloutBackend:
     def __init__(self, model_path: str, device: str = "cpu", max_batch_size: int = 1024, dtype: str = "float32",
-                 lora=None):
+                 lora=None, offload_dir: str | None = None):
         self.device = device
         self.model = load_causal_lm(model_path, device, dtype, lora).eval()
         tok = load_tokenizer(model_path)
@@ -21,6 +21,14 @@ class HFRolloutBackend:
         self.eos_id = int(tok.eos_token_id)
         self.max_batch_size = max_batch_size
         self.receiver = WeightReceiver(self.model)
+        self.offload_dir = offload_dir  # where Sleep keeps the weights on CPU (default: the temp directory)
+
+    def sleep(self, level: int = 1):
+        """Offload the weights (the KV cache lives only within a request): ``services/models/offload.py``."""
+        return self.receiver.sleep(self.offload_dir)
+
+    def wake(self) -> tuple[int, float]:
+        return self.receiver.wake()
 
     def join_sync_group(self, spec: GroupSpec) -> str:
         group = SyncGroup(spec, self.device)

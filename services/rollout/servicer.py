@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
+from alignmesh.services.common.sleep_servicer import SleepWakeMixin
 from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.rollout import convert
 from alignmesh.services.rollout.backend import RolloutBackend
 from alignmesh.services.sync.servicer import WeightControlMixin
 
 
-class RolloutServicer(WeightControlMixin, rollout_pb2_grpc.RolloutServiceServicer):
+class RolloutServicer(WeightControlMixin, SleepWakeMixin, rollout_pb2_grpc.RolloutServiceServicer):
     role = "rollout"
 
     def __init__(self, backend: RolloutBackend, vocab_size: int, context: int = 0):

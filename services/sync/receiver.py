@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignmesh.services.common.errors import Aborted, FailedPrecondition, InvalidArgument
+from alignmesh.services.models.offload import Offload, SleepStats, module_tensors
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import SyncError, SyncGroup
 
@@ -112,8 +113,14 @@ class SwapBetweenRequests:
     def serving(self):
         """Hold the model for one request; yields the weight version it serves for the whole request."""
         with self.lock:
+            self._check_awake("this request")
             self._swap_in()
             yield self._served
+
+    def _check_awake(self, what: str) -> None:
+        offload = getattr(self, "offload", None)
+        if offload is not None and offload.asleep:
+            raise FailedPrecondition(f"asleep: the model's memory is offloaded (Sleep); Wake it before {what}")
 
 
 class WeightReceiver(SwapBetweenRequests):
@@ -137,6 +144,21 @@ class WeightReceiver(SwapBetweenRequests):
         # Double buffering: the flats the model serves from, and those of the version before (free to refill).
         self._live: dict = {}
         self._spare: dict = {}
+        self.offload: Offload | None = None  # set while the model sleeps
+
+    def sleep(self, directory: str | None = None) -> SleepStats:
+        """Offload the model (``services/models/offload.py``) once no request holds it; a committed version still
+        waiting goes in first, a staged one is dropped (the coordinator pushes only to an awake replica)."""
+        with self.lock:
+            self._swap_in()
+            self._staged, self._spare, self._live = None, {}, {}  # params own their storage from here on
+            device = str(next(self.model.parameters()).device)
+            self.offload = self.offload if self.offload is not None and self.offload.asleep else Offload(device, directory)
+            return self.offload.put(module_tensors(self.model))
+
+    def wake(self) -> tuple[int, float]:
+        with self.lock:
+            return self.offload.take() if self.offload is not None else (0, 0.0)
 
     @property
     def staged_version(self) -> int:
@@ -153,6 +175,7 @@ class WeightReceiver(SwapBetweenRequests):
             raise FailedPrecondition(f"group_id: not a member of sync group {group_id!r}; join it first")
         if version <= self.version:
             raise InvalidArgument("version", f"must be newer than the served version {self.version}, got {version}")
+        self._check_awake("a weight update")
         check_manifest(self.own_specs(), specs)
         self._staged = None
         try:
@@ -193,9 +216,11 @@ class WeightReceiver(SwapBetweenRequests):
         for weights that arrive by another road than the channel (a model directory)."""
         if version <= 0:
             raise InvalidArgument("version", f"must be > 0, got {version}")
+        self._check_awake("loading weights")
         check_manifest(self.own_specs(), bk.specs_of(list(tensors.items())))
         params = dict(self.model.named_parameters())
         with self.lock, torch.no_grad():
+            self._check_awake("loading weights")
             with self._meta:
                 self._pending, self._staged = None, None
             for name, tensor in tensors.items():

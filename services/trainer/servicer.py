@@ -11,6 +11,7 @@ from alignmesh.services.common.convert import check_width
 from alignmesh.services.common.errors import FailedPrecondition, InvalidArgument
 from alignmesh.services.common.once import Once
 from alignmesh.services.common.paths import PathPolicy
+from alignmesh.services.common.sleep_servicer import SleepWakeMixin
 from alignmesh.services.common.threads import run_pinned
 from alignmesh.services.sync.convert import group_spec_from_proto, manifest_to_proto
 from alignmesh.services.trainer import convert
@@ -28,7 +29,7 @@ def _check_request_id(request_id: str) -> None:
         raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters, got {len(request_id)}")
 
 
-class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+class TrainerServicer(SleepWakeMixin, trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, backend: TrainerBackend, vocab_size: int, paths: PathPolicy, context: int = 0):
         self.backend = backend
         self.vocab_size = vocab_size

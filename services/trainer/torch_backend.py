@@ -13,6 +13,7 @@ from alignmesh.services.compat.transformers import enable_activation_checkpointi
 from alignmesh.services.models.loading import load_causal_lm
 from alignmesh.services.models.lora import adapter_state_copy, adapter_weights_from, trainable
 from alignmesh.services.models.logprobs import token_logprobs
+from alignmesh.services.models.offload import Offload, SleepStats, module_tensors, optimizer_tensors
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec
 from alignmesh.services.sync.sender import PublishStats, SenderGroups, named_weights, publish
@@ -75,7 +76,7 @@ class TorchEngine:
 class TorchTrainerBackend:
     def __init__(self, model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
                  grad_clip: float = 1.0, seed: int = 0, device: str = "cpu", dtype: str = "float32",
-                 gradient_checkpointing: bool = False, lora=None):
+                 gradient_checkpointing: bool = False, lora=None, offload_dir: str | None = None):
         torch.manual_seed(seed)
         self.device, self.seed = device, seed
         self.compute_dtype = getattr(torch, dtype)
@@ -93,6 +94,23 @@ class TorchTrainerBackend:
         self.senders = SenderGroups(device)
         self._sync_buffers: dict = {}
         self.lock = threading.Lock()
+        self.offload = Offload(device, offload_dir)  # Sleep: weights and optimizer state out of the device
+
+    # -- sleep and wake (colocated roles) -----------------------------------------------------------------
+    def sleep(self, level: int = 1) -> SleepStats:
+        """Offload the weights and the optimizer state (gradients are dropped between steps anyway)."""
+        with self.lock:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._sync_buffers.clear()  # the push's flat buckets: rebuilt by the next push
+            return self.offload.put(module_tensors(self.model) + optimizer_tensors(self.optimizer))
+
+    def wake(self) -> tuple[int, float]:
+        with self.lock:
+            return self.offload.take()
+
+    def _awake(self, what: str) -> None:
+        if self.offload.asleep:
+            raise FailedPrecondition(f"asleep: the trainer's memory is offloaded (Sleep); Wake it before {what}")
 
     # -- training ---------------------------------------------------------------------------------------
     model_kind = "policy"
@@ -100,6 +118,7 @@ class TorchTrainerBackend:
     def train_step(self, batch: Experience, loss: LossSpec, learning_rate: float | None) -> tuple[int, dict]:
         resolve_loss(batch, loss, self.model_kind)
         with self.lock:
+            self._awake("a train step")
             engine = self._engine()
             stats = train_step(engine, move_experience(batch, self.device), loss, learning_rate)
             self.step += 1
@@ -112,6 +131,7 @@ class TorchTrainerBackend:
     # -- checkpoints ------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str, export_hf: bool) -> CheckpointInfo:
         with self.lock:
+            self._awake("saving a checkpoint")
             checkpoint.save(path, self.model, self.optimizer, {"step": self.step, "weight_version":
                             self.weight_version}, export_hf=export_hf, tokenizer_dir=self.model_path)
         return CheckpointInfo(path, self.step, self.weight_version)
@@ -119,6 +139,7 @@ class TorchTrainerBackend:
     def load_checkpoint(self, path: str) -> CheckpointInfo:
         """A checkpoint directory restores everything; a plain HF model directory loads its weights with a
         fresh optimizer and step 0 (the weight version counter keeps counting up)."""
+        self._awake("loading a checkpoint")
         plain = (Path(path) / "config.json").is_file() or (Path(path) / "adapter_config.json").is_file()
         if not (Path(path) / "state.json").is_file() and plain:
             return self._load_hf(path)
@@ -163,6 +184,7 @@ class TorchTrainerBackend:
 
     # -- weight sync ------------------------------------------------------------------------------------
     def manifest(self, dtype: torch.dtype | None = None) -> list[bk.Spec]:
+        self._awake("a weight manifest")
         return bk.served_as(bk.specs_of(named_weights(self.model)), dtype)
 
     def join_sync_group(self, spec: GroupSpec) -> str:
@@ -172,6 +194,7 @@ class TorchTrainerBackend:
                 dtype: torch.dtype | None = None) -> PublishStats:
         group = self.senders.get(group_id)
         with self.lock:
+            self._awake("publishing weights")
             try:
                 stats = publish(group, named_weights(self.model), version, bucket_bytes, self._sync_buffers, dtype)
             except FailedPrecondition:

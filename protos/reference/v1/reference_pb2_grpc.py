@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from alignmesh.protos.common.v1 import memory_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2
 from alignmesh.protos.common.v1 import weights_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2
 from alignmesh.protos.reference.v1 import reference_pb2 as alignmesh_dot_protos_dot_reference_dot_v1_dot_reference__pb2
 
@@ -65,6 +66,16 @@ class ReferenceServiceStub:
                 request_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.GetWeightVersionRequest.SerializeToString,
                 response_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.WeightVersion.FromString,
                 _registered_method=True)
+        self.Sleep = channel.unary_unary(
+                '/alignmesh.reference.v1.ReferenceService/Sleep',
+                request_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepResponse.FromString,
+                _registered_method=True)
+        self.Wake = channel.unary_unary(
+                '/alignmesh.reference.v1.ReferenceService/Wake',
+                request_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeResponse.FromString,
+                _registered_method=True)
         self.LoadWeights = channel.unary_unary(
                 '/alignmesh.reference.v1.ReferenceService/LoadWeights',
                 request_serializer=alignmesh_dot_protos_dot_reference_dot_v1_dot_reference__pb2.LoadWeightsRequest.SerializeToString,
@@ -111,6 +122,19 @@ class ReferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sleep(self, request, context):
+        """Colocated roles take turns with one device group's memory (see memory.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Wake(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def LoadWeights(self, request, context):
         """Serve the weights of a local HF model directory as `version` (a replica that comes back after a failure is
         brought to the reference the job uses: the reference is a fixed model, not the trainer's current weights).
@@ -151,6 +175,16 @@ def add_ReferenceServiceServicer_to_server(servicer, server):
                     servicer.GetWeightVersion,
                     request_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.GetWeightVersionRequest.FromString,
                     response_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.WeightVersion.SerializeToString,
+            ),
+            'Sleep': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sleep,
+                    request_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepResponse.SerializeToString,
+            ),
+            'Wake': grpc.unary_unary_rpc_method_handler(
+                    servicer.Wake,
+                    request_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeResponse.SerializeToString,
             ),
             'LoadWeights': grpc.unary_unary_rpc_method_handler(
                     servicer.LoadWeights,
@@ -320,6 +354,60 @@ class ReferenceService:
             '/alignmesh.reference.v1.ReferenceService/GetWeightVersion',
             alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.GetWeightVersionRequest.SerializeToString,
             alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.WeightVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sleep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.reference.v1.ReferenceService/Sleep',
+            alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepRequest.SerializeToString,
+            alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Wake(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.reference.v1.ReferenceService/Wake',
+            alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeRequest.SerializeToString,
+            alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeResponse.FromString,
             options,
             channel_credentials,
             insecure,

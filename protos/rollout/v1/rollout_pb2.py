@@ -23,24 +23,25 @@ _sym_db = _symbol_database.Default()
 
 
 from alignmesh.protos.common.v1 import tensor_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_tensor__pb2
+from alignmesh.protos.common.v1 import memory_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2
 from alignmesh.protos.common.v1 import weights_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)alignmesh/protos/rollout/v1/rollout.proto\x12\x14\x61lignmesh.rollout.v1\x1a\'alignmesh/protos/common/v1/tensor.proto\x1a(alignmesh/protos/common/v1/weights.proto\"u\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\t\n\x01n\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x0e\n\x06greedy\x18\x06 \x01(\x08\"\xc3\x01\n\x0fGenerateRequest\x12/\n\nprompt_ids\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x33\n\x0eprompt_lengths\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x36\n\x08sampling\x18\x03 \x01(\x0b\x32$.alignmesh.rollout.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x83\x02\n\x10GenerateResponse\x12\x33\n\x0e\x63ompletion_ids\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x37\n\x12\x63ompletion_lengths\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12-\n\x08logprobs\x18\x03 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12:\n\x0e\x66inish_reasons\x18\x04 \x03(\x0e\x32\".alignmesh.rollout.v1.FinishReason\x12\x16\n\x0eweight_version\x18\x05 \x01(\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x85\x05\n\x0eRolloutService\x12Y\n\x08Generate\x12%.alignmesh.rollout.v1.GenerateRequest\x1a&.alignmesh.rollout.v1.GenerateResponse\x12\x66\n\rJoinSyncGroup\x12).alignmesh.common.v1.JoinSyncGroupRequest\x1a*.alignmesh.common.v1.JoinSyncGroupResponse\x12x\n\x13PrepareWeightUpdate\x12/.alignmesh.common.v1.PrepareWeightUpdateRequest\x1a\x30.alignmesh.common.v1.PrepareWeightUpdateResponse\x12h\n\x12\x43ommitWeightUpdate\x12..alignmesh.common.v1.CommitWeightUpdateRequest\x1a\".alignmesh.common.v1.WeightVersion\x12\x66\n\x11\x41\x62ortWeightUpdate\x12-.alignmesh.common.v1.AbortWeightUpdateRequest\x1a\".alignmesh.common.v1.WeightVersion\x12\x64\n\x10GetWeightVersion\x12,.alignmesh.common.v1.GetWeightVersionRequest\x1a\".alignmesh.common.v1.WeightVersionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)alignmesh/protos/rollout/v1/rollout.proto\x12\x14\x61lignmesh.rollout.v1\x1a\'alignmesh/protos/common/v1/tensor.proto\x1a\'alignmesh/protos/common/v1/memory.proto\x1a(alignmesh/protos/common/v1/weights.proto\"u\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\x16\n\x0emax_new_tokens\x18\x03 \x01(\x05\x12\t\n\x01n\x18\x04 \x01(\x05\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\x0e\n\x06greedy\x18\x06 \x01(\x08\"\xc3\x01\n\x0fGenerateRequest\x12/\n\nprompt_ids\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x33\n\x0eprompt_lengths\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x36\n\x08sampling\x18\x03 \x01(\x0b\x32$.alignmesh.rollout.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x83\x02\n\x10GenerateResponse\x12\x33\n\x0e\x63ompletion_ids\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x37\n\x12\x63ompletion_lengths\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12-\n\x08logprobs\x18\x03 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12:\n\x0e\x66inish_reasons\x18\x04 \x03(\x0e\x32\".alignmesh.rollout.v1.FinishReason\x12\x16\n\x0eweight_version\x18\x05 \x01(\x03*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xa2\x06\n\x0eRolloutService\x12Y\n\x08Generate\x12%.alignmesh.rollout.v1.GenerateRequest\x1a&.alignmesh.rollout.v1.GenerateResponse\x12\x66\n\rJoinSyncGroup\x12).alignmesh.common.v1.JoinSyncGroupRequest\x1a*.alignmesh.common.v1.JoinSyncGroupResponse\x12x\n\x13PrepareWeightUpdate\x12/.alignmesh.common.v1.PrepareWeightUpdateRequest\x1a\x30.alignmesh.common.v1.PrepareWeightUpdateResponse\x12h\n\x12\x43ommitWeightUpdate\x12..alignmesh.common.v1.CommitWeightUpdateRequest\x1a\".alignmesh.common.v1.WeightVersion\x12\x66\n\x11\x41\x62ortWeightUpdate\x12-.alignmesh.common.v1.AbortWeightUpdateRequest\x1a\".alignmesh.common.v1.WeightVersion\x12\x64\n\x10GetWeightVersion\x12,.alignmesh.common.v1.GetWeightVersionRequest\x1a\".alignmesh.common.v1.WeightVersion\x12N\n\x05Sleep\x12!.alignmesh.common.v1.SleepRequest\x1a\".alignmesh.common.v1.SleepResponse\x12K\n\x04Wake\x12 .alignmesh.common.v1.WakeRequest\x1a!.alignmesh.common.v1.WakeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'alignmesh.protos.rollout.v1.rollout_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=729
-  _globals['_FINISHREASON']._serialized_end=824
-  _globals['_SAMPLINGPARAMS']._serialized_start=150
-  _globals['_SAMPLINGPARAMS']._serialized_end=267
-  _globals['_GENERATEREQUEST']._serialized_start=270
-  _globals['_GENERATEREQUEST']._serialized_end=465
-  _globals['_GENERATERESPONSE']._serialized_start=468
-  _globals['_GENERATERESPONSE']._serialized_end=727
-  _globals['_ROLLOUTSERVICE']._serialized_start=827
-  _globals['_ROLLOUTSERVICE']._serialized_end=1472
+  _globals['_FINISHREASON']._serialized_start=770
+  _globals['_FINISHREASON']._serialized_end=865
+  _globals['_SAMPLINGPARAMS']._serialized_start=191
+  _globals['_SAMPLINGPARAMS']._serialized_end=308
+  _globals['_GENERATEREQUEST']._serialized_start=311
+  _globals['_GENERATEREQUEST']._serialized_end=506
+  _globals['_GENERATERESPONSE']._serialized_start=509
+  _globals['_GENERATERESPONSE']._serialized_end=768
+  _globals['_ROLLOUTSERVICE']._serialized_start=868
+  _globals['_ROLLOUTSERVICE']._serialized_end=1670
 # @@protoc_insertion_point(module_scope)

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from alignmesh.protos.common.v1 import tensor_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_tensor__pb2
+from alignmesh.protos.common.v1 import memory_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2
 from alignmesh.protos.common.v1 import weights_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)alignmesh/protos/trainer/v1/trainer.proto\x12\x14\x61lignmesh.trainer.v1\x1a\'alignmesh/protos/common/v1/tensor.proto\x1a(alignmesh/protos/common/v1/weights.proto\"{\n\x14\x43omputeValuesRequest\x12.\n\tinput_ids\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x33\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\"q\n\x15\x43omputeValuesResponse\x12+\n\x06values\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12+\n\x06scores\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\"\x83\x04\n\x08LossSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\x08\x63lip_eps\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x07kl_coef\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x1d\n\x10micro_batch_size\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04\x62\x65ta\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x14\n\x07variant\x18\x07 \x01(\tH\x05\x88\x01\x01\x12\x1c\n\x0flabel_smoothing\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12:\n\x06params\x18\t \x03(\x0b\x32*.alignmesh.trainer.v1.LossSpec.ParamsEntry\x12\x17\n\noff_policy\x18\n \x01(\tH\x07\x88\x01\x01\x12\x13\n\x06is_cap\x18\x0b \x01(\x02H\x08\x88\x01\x01\x12\x1a\n\rclip_eps_high\x18\x0c \x01(\x02H\t\x88\x01\x01\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0b\n\t_clip_epsB\n\n\x08_kl_coefB\t\n\x07_epochsB\x13\n\x11_micro_batch_sizeB\x07\n\x05_betaB\n\n\x08_variantB\x12\n\x10_label_smoothingB\r\n\x0b_off_policyB\t\n\x07_is_capB\x10\n\x0e_clip_eps_high\"\x92\x04\n\x10TrainStepRequest\x12.\n\tinput_ids\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x33\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12.\n\tloss_mask\x18\x03 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12/\n\nadvantages\x18\x04 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x31\n\x0cref_logprobs\x18\x05 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12,\n\x04loss\x18\x06 \x01(\x0b\x32\x1e.alignmesh.trainer.v1.LossSpec\x12\x1a\n\rlearning_rate\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12,\n\x07returns\x18\x08 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12/\n\nold_values\x18\t \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x36\n\x11\x62\x65havior_logprobs\x18\x0b \x01(\x0b\x32\x1b.alignmesh.common.v1.TensorB\x10\n\x0e_learning_rate\"\x98\x01\n\x11TrainStepResponse\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x45\n\x07metrics\x18\x02 \x03(\x0b\x32\x34.alignmesh.trainer.v1.TrainStepResponse.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"L\n\x15SaveCheckpointRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\texport_hf\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"%\n\x15LoadCheckpointRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"D\n\x0e\x43heckpointInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x16\n\x0eweight_version\x18\x03 \x01(\x03\"\x11\n\x0fGetStateRequest\"s\n\x0cTrainerState\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x16\n\x0eweight_version\x18\x02 \x01(\x03\x12\x16\n\x0enum_parameters\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\"?\n\x18GetWeightManifestRequest\x12\x14\n\x0c\x62ucket_bytes\x18\x01 \x01(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\"_\n\x15PublishWeightsRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x62ucket_bytes\x18\x03 \x01(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\"Z\n\x16PublishWeightsResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0f\n\x07\x62uckets\x18\x03 \x01(\x05\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x32\xb8\x06\n\x0eTrainerService\x12\\\n\tTrainStep\x12&.alignmesh.trainer.v1.TrainStepRequest\x1a\'.alignmesh.trainer.v1.TrainStepResponse\x12\x63\n\x0eSaveCheckpoint\x12+.alignmesh.trainer.v1.SaveCheckpointRequest\x1a$.alignmesh.trainer.v1.CheckpointInfo\x12\x63\n\x0eLoadCheckpoint\x12+.alignmesh.trainer.v1.LoadCheckpointRequest\x1a$.alignmesh.trainer.v1.CheckpointInfo\x12U\n\x08GetState\x12%.alignmesh.trainer.v1.GetStateRequest\x1a\".alignmesh.trainer.v1.TrainerState\x12\x66\n\rJoinSyncGroup\x12).alignmesh.common.v1.JoinSyncGroupRequest\x1a*.alignmesh.common.v1.JoinSyncGroupResponse\x12h\n\x11GetWeightManifest\x12..alignmesh.trainer.v1.GetWeightManifestRequest\x1a#.alignmesh.common.v1.WeightManifest\x12k\n\x0ePublishWeights\x12+.alignmesh.trainer.v1.PublishWeightsRequest\x1a,.alignmesh.trainer.v1.PublishWeightsResponse\x12h\n\rComputeValues\x12*.alignmesh.trainer.v1.ComputeValuesRequest\x1a+.alignmesh.trainer.v1.ComputeValuesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)alignmesh/protos/trainer/v1/trainer.proto\x12\x14\x61lignmesh.trainer.v1\x1a\'alignmesh/protos/common/v1/tensor.proto\x1a\'alignmesh/protos/common/v1/memory.proto\x1a(alignmesh/protos/common/v1/weights.proto\"{\n\x14\x43omputeValuesRequest\x12.\n\tinput_ids\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x33\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\"q\n\x15\x43omputeValuesResponse\x12+\n\x06values\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12+\n\x06scores\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\"\x83\x04\n\x08LossSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\x08\x63lip_eps\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x07kl_coef\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x1d\n\x10micro_batch_size\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04\x62\x65ta\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x14\n\x07variant\x18\x07 \x01(\tH\x05\x88\x01\x01\x12\x1c\n\x0flabel_smoothing\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12:\n\x06params\x18\t \x03(\x0b\x32*.alignmesh.trainer.v1.LossSpec.ParamsEntry\x12\x17\n\noff_policy\x18\n \x01(\tH\x07\x88\x01\x01\x12\x13\n\x06is_cap\x18\x0b \x01(\x02H\x08\x88\x01\x01\x12\x1a\n\rclip_eps_high\x18\x0c \x01(\x02H\t\x88\x01\x01\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0b\n\t_clip_epsB\n\n\x08_kl_coefB\t\n\x07_epochsB\x13\n\x11_micro_batch_sizeB\x07\n\x05_betaB\n\n\x08_variantB\x12\n\x10_label_smoothingB\r\n\x0b_off_policyB\t\n\x07_is_capB\x10\n\x0e_clip_eps_high\"\x92\x04\n\x10TrainStepRequest\x12.\n\tinput_ids\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x33\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12.\n\tloss_mask\x18\x03 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12/\n\nadvantages\x18\x04 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x31\n\x0cref_logprobs\x18\x05 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12,\n\x04loss\x18\x06 \x01(\x0b\x32\x1e.alignmesh.trainer.v1.LossSpec\x12\x1a\n\rlearning_rate\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12,\n\x07returns\x18\x08 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12/\n\nold_values\x18\t \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x36\n\x11\x62\x65havior_logprobs\x18\x0b \x01(\x0b\x32\x1b.alignmesh.common.v1.TensorB\x10\n\x0e_learning_rate\"\x98\x01\n\x11TrainStepResponse\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x45\n\x07metrics\x18\x02 \x03(\x0b\x32\x34.alignmesh.trainer.v1.TrainStepResponse.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"L\n\x15SaveCheckpointRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\texport_hf\x18\x02 \x01(\x08\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"%\n\x15LoadCheckpointRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"D\n\x0e\x43heckpointInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x16\n\x0eweight_version\x18\x03 \x01(\x03\"\x11\n\x0fGetStateRequest\"s\n\x0cTrainerState\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x16\n\x0eweight_version\x18\x02 \x01(\x03\x12\x16\n\x0enum_parameters\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\"?\n\x18GetWeightManifestRequest\x12\x14\n\x0c\x62ucket_bytes\x18\x01 \x01(\x03\x12\r\n\x05\x64type\x18\x02 \x01(\t\"_\n\x15PublishWeightsRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x62ucket_bytes\x18\x03 \x01(\x03\x12\r\n\x05\x64type\x18\x04 \x01(\t\"Z\n\x16PublishWeightsResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0f\n\x07\x62uckets\x18\x03 \x01(\x05\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x32\xd5\x07\n\x0eTrainerService\x12\\\n\tTrainStep\x12&.alignmesh.trainer.v1.TrainStepRequest\x1a\'.alignmesh.trainer.v1.TrainStepResponse\x12\x63\n\x0eSaveCheckpoint\x12+.alignmesh.trainer.v1.SaveCheckpointRequest\x1a$.alignmesh.trainer.v1.CheckpointInfo\x12\x63\n\x0eLoadCheckpoint\x12+.alignmesh.trainer.v1.LoadCheckpointRequest\x1a$.alignmesh.trainer.v1.CheckpointInfo\x12U\n\x08GetState\x12%.alignmesh.trainer.v1.GetStateRequest\x1a\".alignmesh.trainer.v1.TrainerState\x12N\n\x05Sleep\x12!.alignmesh.common.v1.SleepRequest\x1a\".alignmesh.common.v1.SleepResponse\x12K\n\x04Wake\x12 .alignmesh.common.v1.WakeRequest\x1a!.alignmesh.common.v1.WakeResponse\x12\x66\n\rJoinSyncGroup\x12).alignmesh.common.v1.JoinSyncGroupRequest\x1a*.alignmesh.common.v1.JoinSyncGroupResponse\x12h\n\x11GetWeightManifest\x12..alignmesh.trainer.v1.GetWeightManifestRequest\x1a#.alignmesh.common.v1.WeightManifest\x12k\n\x0ePublishWeights\x12+.alignmesh.trainer.v1.PublishWeightsRequest\x1a,.alignmesh.trainer.v1.PublishWeightsResponse\x12h\n\rComputeValues\x12*.alignmesh.trainer.v1.ComputeValuesRequest\x1a+.alignmesh.trainer.v1.ComputeValuesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,36 +38,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOSSSPEC_PARAMSENTRY']._serialized_options = b'8\001'
   _globals['_TRAINSTEPRESPONSE_METRICSENTRY']._loaded_options = None
   _globals['_TRAINSTEPRESPONSE_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_COMPUTEVALUESREQUEST']._serialized_start=150
-  _globals['_COMPUTEVALUESREQUEST']._serialized_end=273
-  _globals['_COMPUTEVALUESRESPONSE']._serialized_start=275
-  _globals['_COMPUTEVALUESRESPONSE']._serialized_end=388
-  _globals['_LOSSSPEC']._serialized_start=391
-  _globals['_LOSSSPEC']._serialized_end=906
-  _globals['_LOSSSPEC_PARAMSENTRY']._serialized_start=719
-  _globals['_LOSSSPEC_PARAMSENTRY']._serialized_end=764
-  _globals['_TRAINSTEPREQUEST']._serialized_start=909
-  _globals['_TRAINSTEPREQUEST']._serialized_end=1439
-  _globals['_TRAINSTEPRESPONSE']._serialized_start=1442
-  _globals['_TRAINSTEPRESPONSE']._serialized_end=1594
-  _globals['_TRAINSTEPRESPONSE_METRICSENTRY']._serialized_start=1548
-  _globals['_TRAINSTEPRESPONSE_METRICSENTRY']._serialized_end=1594
-  _globals['_SAVECHECKPOINTREQUEST']._serialized_start=1596
-  _globals['_SAVECHECKPOINTREQUEST']._serialized_end=1672
-  _globals['_LOADCHECKPOINTREQUEST']._serialized_start=1674
-  _globals['_LOADCHECKPOINTREQUEST']._serialized_end=1711
-  _globals['_CHECKPOINTINFO']._serialized_start=1713
-  _globals['_CHECKPOINTINFO']._serialized_end=1781
-  _globals['_GETSTATEREQUEST']._serialized_start=1783
-  _globals['_GETSTATEREQUEST']._serialized_end=1800
-  _globals['_TRAINERSTATE']._serialized_start=1802
-  _globals['_TRAINERSTATE']._serialized_end=1917
-  _globals['_GETWEIGHTMANIFESTREQUEST']._serialized_start=1919
-  _globals['_GETWEIGHTMANIFESTREQUEST']._serialized_end=1982
-  _globals['_PUBLISHWEIGHTSREQUEST']._serialized_start=1984
-  _globals['_PUBLISHWEIGHTSREQUEST']._serialized_end=2079
-  _globals['_PUBLISHWEIGHTSRESPONSE']._serialized_start=2081
-  _globals['_PUBLISHWEIGHTSRESPONSE']._serialized_end=2171
-  _globals['_TRAINERSERVICE']._serialized_start=2174
-  _globals['_TRAINERSERVICE']._serialized_end=2998
+  _globals['_COMPUTEVALUESREQUEST']._serialized_start=191
+  _globals['_COMPUTEVALUESREQUEST']._serialized_end=314
+  _globals['_COMPUTEVALUESRESPONSE']._serialized_start=316
+  _globals['_COMPUTEVALUESRESPONSE']._serialized_end=429
+  _globals['_LOSSSPEC']._serialized_start=432
+  _globals['_LOSSSPEC']._serialized_end=947
+  _globals['_LOSSSPEC_PARAMSENTRY']._serialized_start=760
+  _globals['_LOSSSPEC_PARAMSENTRY']._serialized_end=805
+  _globals['_TRAINSTEPREQUEST']._serialized_start=950
+  _globals['_TRAINSTEPREQUEST']._serialized_end=1480
+  _globals['_TRAINSTEPRESPONSE']._serialized_start=1483
+  _globals['_TRAINSTEPRESPONSE']._serialized_end=1635
+  _globals['_TRAINSTEPRESPONSE_METRICSENTRY']._serialized_start=1589
+  _globals['_TRAINSTEPRESPONSE_METRICSENTRY']._serialized_end=1635
+  _globals['_SAVECHECKPOINTREQUEST']._serialized_start=1637
+  _globals['_SAVECHECKPOINTREQUEST']._serialized_end=1713
+  _globals['_LOADCHECKPOINTREQUEST']._serialized_start=1715
+  _globals['_LOADCHECKPOINTREQUEST']._serialized_end=1752
+  _globals['_CHECKPOINTINFO']._serialized_start=1754
+  _globals['_CHECKPOINTINFO']._serialized_end=1822
+  _globals['_GETSTATEREQUEST']._serialized_start=1824
+  _globals['_GETSTATEREQUEST']._serialized_end=1841
+  _globals['_TRAINERSTATE']._serialized_start=1843
+  _globals['_TRAINERSTATE']._serialized_end=1958
+  _globals['_GETWEIGHTMANIFESTREQUEST']._serialized_start=1960
+  _globals['_GETWEIGHTMANIFESTREQUEST']._serialized_end=2023
+  _globals['_PUBLISHWEIGHTSREQUEST']._serialized_start=2025
+  _globals['_PUBLISHWEIGHTSREQUEST']._serialized_end=2120
+  _globals['_PUBLISHWEIGHTSRESPONSE']._serialized_start=2122
+  _globals['_PUBLISHWEIGHTSRESPONSE']._serialized_end=2212
+  _globals['_TRAINERSERVICE']._serialized_start=2215
+  _globals['_TRAINERSERVICE']._serialized_end=3196
 # @@protoc_insertion_point(module_scope)

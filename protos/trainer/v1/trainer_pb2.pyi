@@ -1,4 +1,5 @@
 from alignmesh.protos.common.v1 import tensor_pb2 as _tensor_pb2
+from alignmesh.protos.common.v1 import memory_pb2 as _memory_pb2
 from alignmesh.protos.common.v1 import weights_pb2 as _weights_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from alignmesh.protos.common.v1 import memory_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2
 from alignmesh.protos.common.v1 import weights_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2 as alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2
 
@@ -55,6 +56,16 @@ class TrainerServiceStub:
                 request_serializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.GetStateRequest.SerializeToString,
                 response_deserializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.TrainerState.FromString,
                 _registered_method=True)
+        self.Sleep = channel.unary_unary(
+                '/alignmesh.trainer.v1.TrainerService/Sleep',
+                request_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepResponse.FromString,
+                _registered_method=True)
+        self.Wake = channel.unary_unary(
+                '/alignmesh.trainer.v1.TrainerService/Wake',
+                request_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeRequest.SerializeToString,
+                response_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeResponse.FromString,
+                _registered_method=True)
         self.JoinSyncGroup = channel.unary_unary(
                 '/alignmesh.trainer.v1.TrainerService/JoinSyncGroup',
                 request_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2.JoinSyncGroupRequest.SerializeToString,
@@ -99,6 +110,19 @@ class TrainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sleep(self, request, context):
+        """Colocated roles take turns with one device group's memory (see memory.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Wake(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +176,16 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.GetState,
                     request_deserializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.GetStateRequest.FromString,
                     response_serializer=alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.TrainerState.SerializeToString,
+            ),
+            'Sleep': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sleep,
+                    request_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepResponse.SerializeToString,
+            ),
+            'Wake': grpc.unary_unary_rpc_method_handler(
+                    servicer.Wake,
+                    request_deserializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeRequest.FromString,
+                    response_serializer=alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeResponse.SerializeToString,
             ),
             'JoinSyncGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.JoinSyncGroup,
@@ -282,6 +316,60 @@ class TrainerService:
             '/alignmesh.trainer.v1.TrainerService/GetState',
             alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.GetStateRequest.SerializeToString,
             alignmesh_dot_protos_dot_trainer_dot_v1_dot_trainer__pb2.TrainerState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sleep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.trainer.v1.TrainerService/Sleep',
+            alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepRequest.SerializeToString,
+            alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.SleepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Wake(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignmesh.trainer.v1.TrainerService/Wake',
+            alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeRequest.SerializeToString,
+            alignmesh_dot_protos_dot_common_dot_v1_dot_memory__pb2.WakeResponse.FromString,
             options,
             channel_credentials,
             insecure,
