@@ -290,9 +290,9 @@ class TrainerHandle(Pool):
         resp = await self.call("ComputeValues", convert.values_request(ids, mask))
         return convert.values_from_proto(resp)
 
-    async def manifest(self, bucket_bytes: int, dtype: str = "") -> weights_pb2.WeightManifest:
-        return await self.call("GetWeightManifest", trainer_pb2.GetWeightManifestRequest(bucket_bytes=bucket_bytes,
-                                                                                         dtype=dtype))
+    async def manifest(self, bucket_bytes: int, dtype: str = "", merged: bool = False) -> weights_pb2.WeightManifest:
+        return await self.call("GetWeightManifest", trainer_pb2.GetWeightManifestRequest(
+            bucket_bytes=bucket_bytes, dtype=dtype, merged=merged))
 
 
 STUBS = {"rollout": rollout_pb2_grpc.RolloutServiceStub, "reward": reward_pb2_grpc.RewardServiceStub,

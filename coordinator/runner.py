@@ -188,7 +188,8 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
                                     cluster.coordinator.rpc_timeout_s, ledger=trainer.ledger)
                    if cluster.endpoints.get("environment") else None)
     sync = WeightSync(trainer, cluster.coordinator.store_host, cfg.sync.bucket_bytes, cfg.sync.timeout_s,
-                      cfg.sync.backend, dtypes={"rollout": cluster.rollout.dtype, "reference": cluster.reference.dtype})
+                      cfg.sync.backend, dtypes={"rollout": cluster.rollout.dtype, "reference": cluster.reference.dtype},
+                      merged={"rollout"} if cluster.lora is not None and cluster.rollout.backend == "vllm" else set())
     data = load_splits(cfg)
     ctx = FlowContext(cfg, params, rollout, reward, reference, trainer, tokenizer, data,
                       PromptSampler(data.train, cfg.seed), sync, emit, control, critic=critic,

@@ -59,14 +59,17 @@ class WeightSync:
     """One sync group per named target set (e.g. "rollout", "reference"), each trainer rank 0 + receivers."""
 
     def __init__(self, trainer: TrainerHandle, store_host: str, bucket_bytes: int, timeout_s: float,
-                 backend: str = "auto", dtypes: dict[str, str] | None = None):
-        """``dtypes``: the dtype each target set serves ("rollout" -> "bfloat16"); weights go cast to it."""
+                 backend: str = "auto", dtypes: dict[str, str] | None = None, merged: set[str] | None = None):
+        """``dtypes``: the dtype each target set serves ("rollout" -> "bfloat16"); weights go cast to it.
+        ``merged``: target sets that hold the plain model while the trainer trains LoRA adapters (vLLM): they get
+        the adapters merged into the base weights, the others the adapters alone."""
         self.trainer, self.store_host = trainer, store_host
         self.dtypes = dict(dtypes or {})
+        self.merged = set(merged or ())
         self.bucket_bytes, self.timeout_s, self.backend = bucket_bytes, timeout_s, backend
         self._store, self._listener = listening_store(store_host, timeout_s)
         self._groups: dict[str, tuple[str, tuple[str, ...]]] = {}  # name -> (group id, member addresses)
-        self._manifests: dict[str, weights_pb2.WeightManifest] = {}  # by dtype
+        self._manifests: dict[tuple[str, bool], weights_pb2.WeightManifest] = {}  # by (dtype, merged)
 
     async def _rpc(self, ep: Endpoint, method: str, request, timeout: float):
         return await getattr(ep.stub, method)(request, timeout=timeout, metadata=ep.metadata)
@@ -159,14 +162,15 @@ class WeightSync:
             await self.form(name, receivers)
         group_id = self._groups[name][0]
         dtype = self.dtypes.get(name.removesuffix("-join"), "")
-        if dtype not in self._manifests:
-            self._manifests[dtype] = await self.trainer.manifest(self.bucket_bytes, dtype)
+        merged = name.removesuffix("-join") in self.merged
+        if (dtype, merged) not in self._manifests:
+            self._manifests[dtype, merged] = await self.trainer.manifest(self.bucket_bytes, dtype, merged)
         start = time.perf_counter()
         deadline = self.timeout_s + 10
         publish = self._rpc(self.trainer.eps[0], "PublishWeights", trainer_pb2.PublishWeightsRequest(
-            group_id=group_id, version=version, bucket_bytes=self.bucket_bytes, dtype=dtype), deadline)
+            group_id=group_id, version=version, bucket_bytes=self.bucket_bytes, dtype=dtype, merged=merged), deadline)
         prepares = [self._rpc(ep, "PrepareWeightUpdate", convert.prepare_request(group_id, version,
-                                                                                 self._manifests[dtype]),
+                                                                                 self._manifests[dtype, merged]),
                               deadline) for ep in receivers]
         try:
             results = await _all_or_raise([publish, *prepares], f"weight sync to version {version}")

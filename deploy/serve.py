@@ -74,7 +74,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         r = cfg.rollout
         colocated = any("rollout" in g for g in cfg.colocate)
         extra = dict(kv_cache_gb=r.kv_cache_gb, sleep_mode=colocated) if r.backend == "vllm" else {}
-        if cfg.lora is not None:
+        if cfg.lora is not None and r.backend == "hf":  # vLLM serves the plain model: pushes arrive merged
             extra["lora"] = cfg.lora
         be = backend.create(r.backend, model_path=path, max_batch_size=r.max_batch_size, device=r.device,
                             dtype=r.dtype, **extra)

@@ -295,9 +295,9 @@ class ClusterConfig:
                 if not sep or not host or not port.isdigit():
                     raise ConfigError(f"{_join_key(where, 'endpoints')}.{role}: {address!r} is not host:port "
                                       f"(or dns:///name:port)")
-        if self.lora is not None and (self.trainer.backend != "torch" or self.rollout.backend != "hf"):
-            raise ConfigError(f"{_join_key(where, 'lora')}: LoRA runs with trainer.backend torch and rollout.backend "
-                              f"hf (got {self.trainer.backend} and {self.rollout.backend})")
+        if self.lora is not None and self.trainer.backend != "torch":
+            raise ConfigError(f"{_join_key(where, 'lora')}: LoRA trains with trainer.backend torch (got "
+                              f"{self.trainer.backend})")
         self._check_colocate(where)
         if self.threads_per_process is not None:
             _positive(where, "threads_per_process", self.threads_per_process)

@@ -90,3 +90,24 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     return copy.deepcopy(model).merge_and_unload()
+
+
+def merged_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The base model's weights with the adapters merged in (W + scale · B A for every adapted linear layer), under
+    the plain model's own parameter names, in its order: what a receiver without LoRA holds (the vLLM rollout).
+    The model itself is not touched (merging in place and unmerging again would drift the frozen base)."""
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, LoraLayer):
+                delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
+                deltas[f"{name}.base_layer.weight"] = delta
+        return [(plain_name(n), p.detach() + deltas[n] if n in deltas else p.detach())
+                for n, p in model.named_parameters() if ".lora_" not in n]
+
+
+def plain_name(name: str) -> str:
+    """peft's name of a base parameter -> the plain model's (``base_model.model.`` and ``.base_layer`` removed)."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".")

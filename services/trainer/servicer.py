@@ -29,6 +29,15 @@ def _check_request_id(request_id: str) -> None:
         raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters, got {len(request_id)}")
 
 
+def _merged(backend, merged: bool) -> dict:
+    """The ``merged`` option only where it means something: a LoRA trainer (the others push a plain model)."""
+    if not merged:
+        return {}
+    if getattr(backend, "lora", None) is None:
+        raise InvalidArgument("merged", "only a LoRA trainer merges its adapters; send merged: false")
+    return {"merged": True}
+
+
 class TrainerServicer(SleepWakeMixin, trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, backend: TrainerBackend, vocab_size: int, paths: PathPolicy, context: int = 0):
         self.backend = backend
@@ -78,13 +87,15 @@ class TrainerServicer(SleepWakeMixin, trainer_pb2_grpc.TrainerServiceServicer):
 
     async def GetWeightManifest(self, request, context):
         dtype = convert.sync_dtype(request.dtype)
-        return manifest_to_proto(self.backend.manifest(dtype), request.bucket_bytes or DEFAULT_BUCKET_BYTES)
+        specs = self.backend.manifest(dtype, **_merged(self.backend, request.merged))
+        return manifest_to_proto(specs, request.bucket_bytes or DEFAULT_BUCKET_BYTES)
 
     async def PublishWeights(self, request, context):
         if request.version <= 0:
             raise InvalidArgument("version", f"must be > 0, got {request.version}")
         stats = await asyncio.to_thread(run_pinned, self.backend.publish, request.group_id, request.version,
-                                        request.bucket_bytes or DEFAULT_BUCKET_BYTES, convert.sync_dtype(request.dtype))
+                                        request.bucket_bytes or DEFAULT_BUCKET_BYTES, convert.sync_dtype(request.dtype),
+                                        **_merged(self.backend, request.merged))
         metrics.WEIGHT_VERSION.labels("trainer").set(stats.version)
         return trainer_pb2.PublishWeightsResponse(version=stats.version, bytes=stats.bytes, buckets=stats.buckets,
                                                   seconds=stats.seconds)

@@ -11,7 +11,7 @@ import torch
 from alignmesh.services.common.errors import FailedPrecondition, NotFound
 from alignmesh.services.compat.transformers import enable_activation_checkpointing
 from alignmesh.services.models.loading import load_causal_lm
-from alignmesh.services.models.lora import adapter_state_copy, adapter_weights_from, trainable
+from alignmesh.services.models.lora import adapter_state_copy, adapter_weights_from, merged_weights, trainable
 from alignmesh.services.models.logprobs import token_logprobs
 from alignmesh.services.models.offload import Offload, SleepStats, module_tensors, optimizer_tensors
 from alignmesh.services.sync import buckets as bk
@@ -183,20 +183,26 @@ class TorchTrainerBackend:
                                 str(self.device), float(self.optimizer.param_groups[0]["lr"]))
 
     # -- weight sync ------------------------------------------------------------------------------------
-    def manifest(self, dtype: torch.dtype | None = None) -> list[bk.Spec]:
+    def manifest(self, dtype: torch.dtype | None = None, merged: bool = False) -> list[bk.Spec]:
         self._awake("a weight manifest")
-        return bk.served_as(bk.specs_of(named_weights(self.model)), dtype)
+        return bk.served_as(bk.specs_of(self._pushed(merged)), dtype)
+
+    def _pushed(self, merged: bool) -> list[tuple[str, torch.Tensor]]:
+        """What a push moves: the trainable weights (with LoRA the adapters), or with ``merged`` the base with the
+        adapters merged in (for receivers that serve the plain model)."""
+        return merged_weights(self.model) if merged else named_weights(self.model)
 
     def join_sync_group(self, spec: GroupSpec) -> str:
         return self.senders.join(spec)
 
     def publish(self, group_id: str, version: int, bucket_bytes: int,
-                dtype: torch.dtype | None = None) -> PublishStats:
+                dtype: torch.dtype | None = None, merged: bool = False) -> PublishStats:
         group = self.senders.get(group_id)
         with self.lock:
             self._awake("publishing weights")
             try:
-                stats = publish(group, named_weights(self.model), version, bucket_bytes, self._sync_buffers, dtype)
+                stats = publish(group, self._pushed(merged), version, bucket_bytes,
+                                self._sync_buffers.setdefault(merged, {}), dtype)
             except FailedPrecondition:
                 raise  # withdrawn (NaN/Inf weights): the transfer itself completed, the group is intact
             except Exception:

@@ -146,24 +146,28 @@ class TrainerState(_message.Message):
     def __init__(self, step: _Optional[int] = ..., weight_version: _Optional[int] = ..., num_parameters: _Optional[int] = ..., device: _Optional[str] = ..., learning_rate: _Optional[float] = ...) -> None: ...
 
 class GetWeightManifestRequest(_message.Message):
-    __slots__ = ("bucket_bytes", "dtype")
+    __slots__ = ("bucket_bytes", "dtype", "merged")
     BUCKET_BYTES_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
     bucket_bytes: int
     dtype: str
-    def __init__(self, bucket_bytes: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
+    merged: bool
+    def __init__(self, bucket_bytes: _Optional[int] = ..., dtype: _Optional[str] = ..., merged: _Optional[bool] = ...) -> None: ...
 
 class PublishWeightsRequest(_message.Message):
-    __slots__ = ("group_id", "version", "bucket_bytes", "dtype")
+    __slots__ = ("group_id", "version", "bucket_bytes", "dtype", "merged")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BUCKET_BYTES_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     version: int
     bucket_bytes: int
     dtype: str
-    def __init__(self, group_id: _Optional[str] = ..., version: _Optional[int] = ..., bucket_bytes: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
+    merged: bool
+    def __init__(self, group_id: _Optional[str] = ..., version: _Optional[int] = ..., bucket_bytes: _Optional[int] = ..., dtype: _Optional[str] = ..., merged: _Optional[bool] = ...) -> None: ...
 
 class PublishWeightsResponse(_message.Message):
     __slots__ = ("version", "bytes", "buckets", "seconds")

@@ -64,9 +64,31 @@ def test_the_merged_export_computes_what_the_adapted_model_computes(tiny_model_d
 @pytest.mark.parametrize("data, message", [
     ({"lora": {"r": 0}}, "lora.r: must be > 0"),
     ({"lora": {"target_modules": []}}, "lora.target_modules: a non-empty list"),
-    ({"lora": {}, "trainer": {"backend": "deepspeed"}}, "lora: LoRA runs with trainer.backend torch"),
-    ({"lora": {}, "rollout": {"backend": "vllm"}}, "rollout.backend hf"),
+    ({"lora": {}, "trainer": {"backend": "deepspeed"}}, "lora: LoRA trains with trainer.backend torch"),
 ])
 def test_lora_settings_are_checked(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(ClusterConfig, data, "")
+
+
+def test_merged_weights_are_the_plain_models_with_the_adapters_in(tiny_model_dir):
+    """What a vLLM replica receives under LoRA: the plain model's names and shapes, each adapted weight equal to
+    peft's own merge, and the trainer's model untouched (no merge and unmerge drift)."""
+    from transformers import AutoModelForCausalLM
+
+    from alignmesh.services.models.lora import merged_weights
+
+    model = load_causal_lm(tiny_model_dir, lora=LoraConfig())
+    with torch.no_grad():
+        for _, p in named_weights(model):
+            p.normal_(0, 0.05)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    pushed = dict(merged_weights(model))
+    plain = dict(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).named_parameters())
+    assert list(pushed) == list(plain)
+    assert all(pushed[n].shape == plain[n].shape for n in plain)
+    reference = dict(merged(model).named_parameters())
+    assert all(torch.allclose(pushed[n], reference[n], atol=1e-6) for n in plain)
+    changed = [n for n in plain if not torch.equal(pushed[n], plain[n])]
+    assert len(changed) == 7 * 2  # seven adapted projections in each of the two layers
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
