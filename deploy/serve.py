@@ -108,7 +108,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
                      lora=cfg.lora) if t.backend == "torch" else {}
         if t.backend in ("deepspeed", "megatron"):  # each rank gets its share of the trainer's cores
             extra = dict(plugins=t.plugins, processes=t.processes, zero_stage=t.zero_stage, tensor_parallel=t.tensor_parallel,
-                         dist_timeout_s=t.dist_timeout_s,
+                         dist_timeout_s=t.dist_timeout_s, dtype=t.dtype,
                          threads=max(1, default_threads(cfg, "trainer") // t.processes))
         be = backend.create(t.backend, model_path=path, learning_rate=t.learning_rate, betas=t.betas,
                             weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, device=t.device,

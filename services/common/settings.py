@@ -179,16 +179,18 @@ class TrainerConfig:
     # `LOSSES.register(...)` lines add user losses. Operator-listed: jobs can only name losses registered here.
     plugins: list[str] = field(default_factory=list)
     # Compute dtype of forward and backward (torch backend: autocast); the master weights and the optimizer
-    # state stay float32. DeepSpeed and Megatron take their own bf16 settings.
+    # state stay float32. deepspeed: "bfloat16" turns on its bf16 mode (fp32 master weights in its optimizer).
     dtype: str = "float32"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
 
     def validate(self, where: str) -> None:
         _positive(where, "learning_rate", self.learning_rate)
         _dtype(where, self.dtype)
-        if self.dtype != "float32" and self.backend != "torch":
-            raise ConfigError(f"{where}.dtype: {self.dtype} compute is built into the torch backend; the "
-                              f"{self.backend} backend trains in float32 here")
+        if self.dtype == "float16" and self.backend == "deepspeed" or self.dtype != "float32" and \
+                self.backend == "megatron":
+            raise ConfigError(f"{where}.dtype: the {self.backend} backend trains in "
+                              f"{'float32 or bfloat16 (its bf16 mode)' if self.backend == 'deepspeed' else 'float32'} "
+                              f"here, got {self.dtype}; mixed precision in any dtype: backend torch")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"{where}.betas: must be two numbers in [0, 1), got {self.betas}")
         if self.backend not in ("torch", "deepspeed", "megatron"):

@@ -249,12 +249,14 @@ class ParallelTrainerBackend:
 def deepspeed_trainer(model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
                       grad_clip: float = 1.0, seed: int = 0, device: str = "cpu", processes: int = 2,
                       zero_stage: int = 2, dist_timeout_s: float = 300.0, threads: int = 0,
-                      plugins: tuple[str, ...] = (), **unused) -> ParallelTrainerBackend:
-    """DeepSpeed ZeRO (stage 0-3), data parallel over ``processes`` ranks."""
+                      plugins: tuple[str, ...] = (), dtype: str = "float32", **unused) -> ParallelTrainerBackend:
+    """DeepSpeed ZeRO (stage 0-3), data parallel over ``processes`` ranks; ``dtype`` bfloat16: its bf16 mode."""
     if zero_stage not in (0, 1, 2, 3):
         raise InvalidArgument("trainer.zero_stage", f"must be 0, 1, 2 or 3, got {zero_stage}")
+    if dtype not in ("float32", "bfloat16"):
+        raise InvalidArgument("trainer.dtype", f"the deepspeed trainer runs float32 or bfloat16, got {dtype}")
     settings = dict(model_path=model_path, zero_stage=zero_stage, learning_rate=learning_rate, betas=list(betas),
-                    weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, plugins=list(plugins))
+                    weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, plugins=list(plugins), dtype=dtype)
     return ParallelTrainerBackend("zero", settings, processes, device, dist_timeout_s, threads)
 
 

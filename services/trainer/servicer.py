@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from alignmesh.protos.common.v1 import weights_pb2
 from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -93,9 +94,9 @@ class TrainerServicer(SleepWakeMixin, trainer_pb2_grpc.TrainerServiceServicer):
     async def PublishWeights(self, request, context):
         if request.version <= 0:
             raise InvalidArgument("version", f"must be > 0, got {request.version}")
-        stats = await asyncio.to_thread(run_pinned, self.backend.publish, request.group_id, request.version,
-                                        request.bucket_bytes or DEFAULT_BUCKET_BYTES, convert.sync_dtype(request.dtype),
-                                        **_merged(self.backend, request.merged))
+        publish = functools.partial(self.backend.publish, **_merged(self.backend, request.merged))
+        stats = await asyncio.to_thread(run_pinned, publish, request.group_id, request.version,
+                                        request.bucket_bytes or DEFAULT_BUCKET_BYTES, convert.sync_dtype(request.dtype))
         metrics.WEIGHT_VERSION.labels("trainer").set(stats.version)
         return trainer_pb2.PublishWeightsResponse(version=stats.version, bytes=stats.bytes, buckets=stats.buckets,
                                                   seconds=stats.seconds)

@@ -27,6 +27,9 @@ from alignmesh.services.trainer.step import train_step
 @dataclass
 class ZeroSettings(RankSettings):
     zero_stage: int = 2
+    # "bfloat16": DeepSpeed's own mixed precision (bf16 weights and compute, fp32 master weights and optimizer
+    # state in its optimizer wrapper); the push then sends bf16, the dtype the model is held in.
+    dtype: str = "float32"
 
 
 class ZeroRank:
@@ -47,6 +50,8 @@ class ZeroRank:
         cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                "gradient_clipping": self.s.grad_clip, "zero_optimization": {"stage": self.s.zero_stage},
                "zero_allow_untested_optimizer": True, "steps_per_print": 2 ** 31}
+        if self.s.dtype == "bfloat16":
+            cfg["bf16"] = {"enabled": True}
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=cfg, dist_init_required=False)
         return engine
 

@@ -123,3 +123,22 @@ def test_checkpoint_resume_continues_exactly(tiny_model_dir, engine, tmp_path):
     b = AutoModelForCausalLM.from_pretrained(str(tmp_path / "resumed" / "hf")).state_dict()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-7, msg=k)
+
+
+def test_deepspeed_bf16_mode_matches_torch_bf16_autocast(tiny_model_dir):
+    """``trainer.dtype: bfloat16`` on DeepSpeed is its own bf16 mode: the model held and computed in bf16 (so the
+    weight push sends bf16), fp32 master weights and AdamW state inside its optimizer. One ZeRO-2 step over 2 ranks
+    against the torch trainer's bf16 autocast step on the same batch: the same loss and gradient norm to bf16's
+    precision (measured: loss 1.14969 vs 1.14956, gradient norm 7.794 vs 7.789)."""
+    loss = LossSpec("policy_gradient", kl_coef=0.1)
+    ds = deepspeed_trainer(str(tiny_model_dir), learning_rate=1e-3, processes=2, zero_stage=2, dtype="bfloat16",
+                           threads=1)
+    try:
+        assert {s.dtype for s in ds.manifest()} == {torch.bfloat16}
+        _, got = ds.train_step(batch(0), loss, None)
+    finally:
+        ds.close()
+    _, want = TorchTrainerBackend(str(tiny_model_dir), learning_rate=1e-3, dtype="bfloat16").train_step(
+        batch(0), loss, None)
+    assert got["loss"] == pytest.approx(want["loss"], rel=2e-3)
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-2)
