@@ -25,7 +25,7 @@ class LightTokenizer:
                 value = value.get("content")
             return self._tok.token_to_id(value) if value else None
 
-        self.chat_template = config.get("chat_template") if isinstance(config.get("chat_template"), str) else None
+        self.chat_template = _chat_template(path, config)
         self._specials = {name: (config.get(name) or special.get(name)) for name in ("bos_token", "eos_token")}
         self._specials = {k: (v.get("content") if isinstance(v, dict) else v) or "" for k, v in self._specials.items()}
         self.eos_token_id = token_id("eos_token")
@@ -57,6 +57,15 @@ class LightTokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _chat_template(path: Path, config: dict) -> str | None:
+    """Where transformers keeps it: ``chat_template.jinja`` (written by recent versions), ``chat_template.json``,
+    or the ``chat_template`` key of ``tokenizer_config.json`` (older ones)."""
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text()
+    template = _read_json(path / "chat_template.json").get("chat_template") or config.get("chat_template")
+    return template if isinstance(template, str) else None
 
 
 def _read_json(path: Path) -> dict:

@@ -38,20 +38,24 @@ FAMILIES = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Confi
 
 
 def build_config(hidden: int = 128, layers: int = 2, heads: int = 4, ffn: int = 512, positions: int = 64,
-                 tie: bool = True, family: str = "llama", kv_heads: int | None = None):
-    """``kv_heads`` < ``heads``: grouped-query attention."""
+                 tie: bool = True, family: str = "llama", kv_heads: int | None = None, vocab: int | None = None,
+                 special_ids: tuple[int | None, int, int] = (1, 2, 0)):
+    """``kv_heads`` < ``heads``: grouped-query attention. ``vocab`` and ``special_ids`` (bos, eos, pad): those of
+    another tokenizer than the character one."""
     import transformers
 
     cls = getattr(transformers, FAMILIES[family])
     extra = {"head_dim": hidden // heads} if family in ("qwen3", "gemma") else {}
-    return cls(vocab_size=len(SPECIALS) + len(CHARS), hidden_size=hidden, intermediate_size=ffn,
+    bos, eos, pad = special_ids
+    return cls(vocab_size=vocab or len(SPECIALS) + len(CHARS), hidden_size=hidden, intermediate_size=ffn,
                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
-               max_position_embeddings=positions, tie_word_embeddings=tie, bos_token_id=1,
-               eos_token_id=2, pad_token_id=0, torch_dtype="float32", **extra)
+               max_position_embeddings=positions, tie_word_embeddings=tie, bos_token_id=bos,
+               eos_token_id=eos, pad_token_id=pad, torch_dtype="float32", **extra)
 
 
-def create_model_dir(path: str | Path, seed: int = 0, **arch) -> Path:
-    """Write a fresh model + tokenizer to ``path`` (atomically: temp dir, then rename)."""
+def create_model_dir(path: str | Path, seed: int = 0, family_tokenizer: bool = False, **arch) -> Path:
+    """Write a fresh model + tokenizer to ``path`` (atomically: temp dir, then rename). ``family_tokenizer``: a
+    tokenizer with the structure of the family's own (``family_tokenizers.py``) instead of the character one."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -62,11 +66,17 @@ def create_model_dir(path: str | Path, seed: int = 0, **arch) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
     try:
+        tok = build_tokenizer()
+        if family_tokenizer:
+            from alignmesh.services.models.family_tokenizers import build_family_tokenizer
+
+            tok = build_family_tokenizer(arch.get("family", "llama"))
+            arch.update(vocab=len(tok), special_ids=(tok.bos_token_id, tok.eos_token_id, tok.pad_token_id))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(build_config(**arch))
         model.save_pretrained(tmp)
-        build_tokenizer().save_pretrained(tmp)
+        tok.save_pretrained(tmp)
         os.replace(tmp, path) if not path.exists() else shutil.rmtree(tmp)
     finally:
         if tmp.exists():

@@ -1,3 +1,6 @@
+import json
+
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -30,3 +33,29 @@ def test_light_tokenizer_matches_the_hf_tokenizer(tiny_model_dir):
         assert light(text, add_special_tokens=False)["input_ids"] == hf(text, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([1, 4, 5, 0, 2]).tolist()
     assert light.decode(ids) == hf.decode(ids)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma"])
+def test_family_tokenizers_read_the_same_by_transformers_and_by_the_coordinator(family, tmp_path):
+    """Each family's tokenizer structure (its class rebuilds pre-tokenization on load: Qwen2 and Gemma split digits
+    one by one, Llama's SentencePiece-style merges join them), saved with its chat template (transformers writes
+    ``chat_template.jinja``): the coordinator's tokenizers-only reader gives the same ids and the same rendered chat
+    as transformers, and text survives encode -> decode."""
+    from transformers import AutoTokenizer
+
+    from alignmesh.services.models.light_tokenizer import load_light_tokenizer
+    from alignmesh.services.models.tiny import create_model_dir
+
+    path = create_model_dir(tmp_path / family, family=family, family_tokenizer=True)
+    light, full = load_light_tokenizer(path), AutoTokenizer.from_pretrained(str(path))
+    messages = [{"role": "user", "content": "12+34="}]
+    chat = light.apply_chat_template(messages)
+    assert chat == full.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    for text in ("12+34=", "7+88=95", chat):
+        assert light(text)["input_ids"] == full(text)["input_ids"]
+        ids = light(text, add_special_tokens=False)["input_ids"]
+        assert light.decode(ids) == full.decode(ids) == text
+    digits = [full.decode([i]) for i in light("12+34=", add_special_tokens=False)["input_ids"]]
+    assert (digits[0] == "1") == (family in ("qwen2", "qwen3", "gemma"))  # split digits, or merged "12"
+    config = json.loads((path / "config.json").read_text())
+    assert config["vocab_size"] == len(full) and config["eos_token_id"] == light.eos_token_id
