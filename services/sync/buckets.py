@@ -95,6 +95,41 @@ def pack(bucket: Bucket, tensors: dict[str, torch.Tensor], out: torch.Tensor | N
     return flat
 
 
+def flat_view(bucket: Bucket, tensors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The bucket as one view of the storage its tensors share, when they already lie back to back in the bucket's
+    order and dtype (parameters laid out by ``lay_out``): a push then sends the weights themselves, no copy.
+    None otherwise (pack them)."""
+    first = tensors[bucket.specs[0].name]
+    ptr, offset = first.untyped_storage().data_ptr(), first.storage_offset()
+    for spec in bucket.specs:
+        t = tensors[spec.name]
+        if (t.dtype != bucket.dtype or not t.is_contiguous() or t.untyped_storage().data_ptr() != ptr
+                or t.storage_offset() != offset):
+            return None
+        offset += spec.numel
+    if first.untyped_storage().nbytes() < offset * first.element_size():
+        return None
+    view = torch.empty(0, dtype=bucket.dtype, device=first.device)
+    return view.set_(first.untyped_storage(), first.storage_offset(), (bucket.numel,))
+
+
+def lay_out(params: list[tuple[str, torch.nn.Parameter]], plan: list[Bucket]) -> None:
+    """Move each parameter into its bucket's flat buffer (the parameter becomes a view of it), in the plan's
+    order, so that ``flat_view`` finds every bucket without a copy. Values are unchanged; an optimizer keeps
+    working (its state is keyed by the parameter objects)."""
+    by_name = dict(params)
+    with torch.no_grad():
+        for bucket in plan:
+            first = by_name[bucket.specs[0].name]
+            flat = torch.empty(bucket.numel, dtype=bucket.dtype, device=first.device)
+            offset = 0
+            for spec in bucket.specs:
+                p = by_name[spec.name]
+                flat[offset:offset + spec.numel].copy_(p.data.reshape(-1))
+                p.data = flat[offset:offset + spec.numel].view(spec.shape)
+                offset += spec.numel
+
+
 def unpack(bucket: Bucket, flat: torch.Tensor) -> dict[str, torch.Tensor]:
     """Split a flat bucket back into named tensors (views of ``flat``)."""
     out = {}

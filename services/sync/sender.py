@@ -68,6 +68,16 @@ def publish(group: SyncGroup, named: list[tuple[str, torch.Tensor]], version: in
     return publish_buckets(group, ((b, tensors) for b in plan), version, buffers)
 
 
+def finite(flat: torch.Tensor) -> bool:
+    """No NaN or Inf in a bucket. The sum is NaN/Inf when any element is (one pass, no temporary: 16 ms for 200 MB
+    here against 330 ms for ``isfinite(flat).all()``); only a non-finite sum — which finite values could also
+    reach by overflow — is checked element by element."""
+    if not flat.is_floating_point():
+        return True
+    total = flat.sum(dtype=torch.float32) if flat.element_size() < 4 else flat.sum()
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(flat).all())
+
+
 def publish_buckets(group: SyncGroup, buckets: Iterable[tuple[bk.Bucket, dict[str, torch.Tensor]]], version: int,
                     buffers: dict | None = None) -> PublishStats:
     """Each bucket is packed while the previous one is on the wire and checksummed while it is on the wire
@@ -82,13 +92,15 @@ def publish_buckets(group: SyncGroup, buckets: Iterable[tuple[bk.Bucket, dict[st
     poisoned = ""
     for i, (bucket, tensors) in enumerate(buckets):
         key = (i, bucket.dtype, bucket.numel)
-        flat = bk.pack(bucket, tensors, buffers.get(key) if buffers is not None else None)
-        if buffers is not None:
-            buffers[key] = flat  # reused next time: no fresh pages to fault in
+        flat = bk.flat_view(bucket, tensors)  # parameters laid out in flat buckets: sent as they are
+        if flat is None:
+            flat = bk.pack(bucket, tensors, buffers.get(key) if buffers is not None else None)
+            if buffers is not None:
+                buffers[key] = flat  # reused next time: no fresh pages to fault in
         plan.append(bucket)
         work = group.broadcast_async(flat)
         sums.append(bk.checksum(flat))  # read-only while the bucket is on the wire
-        if not poisoned and flat.is_floating_point() and not bool(torch.isfinite(flat).all()):
+        if not poisoned and not finite(flat):
             poisoned = next(s.name for s in bucket.specs if not bool(torch.isfinite(tensors[s.name]).all()))
         if pending is not None:
             group.wait(pending[0])

@@ -74,9 +74,27 @@ def write_hf_files(dest: Path, state_dict: dict[str, torch.Tensor], model_dir: s
               metadata={"format": "pt"})
 
 
+@contextlib.contextmanager
+def own_storage(model: torch.nn.Module) -> Iterator[None]:
+    """Parameters laid out in shared flat buckets for the weight push (``buckets.lay_out``) each get storage of
+    their own for the duration — safetensors and ``save_pretrained`` refuse tensors that share memory — and then go
+    back into their buckets with the values they have by then (a load writes them)."""
+    params = list(model.parameters())
+    views = [p.data for p in params]
+    for p in params:
+        p.data = p.data.clone()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, view in zip(params, views):
+                view.copy_(p.data)
+                p.data = view
+
+
 def save(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
          export_hf: bool = False, tokenizer_dir: str | None = None) -> Path:
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path) as tmp, own_storage(model):
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
@@ -95,7 +113,8 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     path = Path(path)
     if not (path / "state.json").is_file():
         raise FileNotFoundError(f"{path} holds no checkpoint (no state.json)")
-    load_model(model, str(path / "model.safetensors"))
+    with own_storage(model):
+        load_model(model, str(path / "model.safetensors"))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])

@@ -95,6 +95,7 @@ class TorchTrainerBackend:
         self._sync_buffers: dict = {}
         self.lock = threading.Lock()
         self.offload = Offload(device, offload_dir)  # Sleep: weights and optimizer state out of the device
+        self._layout, self._plan = 0, []  # the bucket size the parameters are laid out in (0: not laid out)
 
     # -- sleep and wake (colocated roles) -----------------------------------------------------------------
     def sleep(self, level: int = 1) -> SleepStats:
@@ -107,6 +108,16 @@ class TorchTrainerBackend:
     def wake(self) -> tuple[int, float]:
         with self.lock:
             return self.offload.take()
+
+    def _lay_out(self, bucket_bytes: int) -> None:
+        """Keep the pushed parameters in persistent flat buckets of this size (``buckets.lay_out``), so a push
+        broadcasts the training storage itself instead of packing a copy; done again when the size changes or a
+        Sleep took the storage away."""
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if self._layout != bucket_bytes or not all(bk.flat_view(b, dict(params)) is not None for b in self._plan):
+            self._plan = bk.plan(bk.specs_of(params), bucket_bytes)
+            bk.lay_out(params, self._plan)
+            self._layout = bucket_bytes
 
     def _awake(self, what: str) -> None:
         if self.offload.asleep:
@@ -200,6 +211,8 @@ class TorchTrainerBackend:
         group = self.senders.get(group_id)
         with self.lock:
             self._awake("publishing weights")
+            if not merged:
+                self._lay_out(bucket_bytes)
             try:
                 stats = publish(group, self._pushed(merged), version, bucket_bytes,
                                 self._sync_buffers.setdefault(merged, {}), dtype)
