@@ -46,3 +46,19 @@ def run_pinned(fn, *args):
 
 
 _configured = 0
+
+
+class ComputeThread:
+    """One long-lived worker thread for a role's model calls (generate, log-probabilities): the same OS thread every
+    time, so its torch thread setting, allocator and kernel caches stay warm, and no pool picks a cold thread.
+    Calls queue in order (the model serves one request at a time anyway)."""
+
+    def __init__(self, name: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn, *args):
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(self.pool, run_pinned, fn, *args)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
 from alignmesh.services.common.sleep_servicer import SleepWakeMixin
-from alignmesh.services.common.threads import run_pinned
+from alignmesh.services.common.threads import ComputeThread
 from alignmesh.services.rollout import convert
 from alignmesh.services.rollout.backend import RolloutBackend
 from alignmesh.services.sync.servicer import WeightControlMixin
@@ -19,12 +18,13 @@ class RolloutServicer(WeightControlMixin, SleepWakeMixin, rollout_pb2_grpc.Rollo
         self.backend = backend
         self.vocab_size = vocab_size
         self.context = context  # the model's positions (max_position_embeddings); 0: unknown
+        self.compute = ComputeThread("generate")
 
     async def Generate(self, request, context):
         prompts = convert.prompts_from_proto(request, self.vocab_size)
         params = convert.sampling_from_proto(request.sampling)
         convert.check_budget(prompts, params, self.context)
-        gen = await asyncio.to_thread(run_pinned, self.backend.generate, prompts, params)
+        gen = await self.compute.run(self.backend.generate, prompts, params)
         return convert.generation_to_proto(gen)
 
 
