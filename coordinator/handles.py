@@ -27,7 +27,10 @@ from alignmesh.services.common.server import channel_credentials, grpc_options
 from alignmesh.services.common.settings import SecurityConfig
 
 log = logging.getLogger("alignmesh.handles")
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A replica that is down, too slow, or stopping (a stopping server cancels the calls it has not started) — only
+# ever for idempotent calls (every pool call is: generation by seed, pure scoring, request ids on the trainer).
+# Our own cancellations arrive as asyncio.CancelledError, never as a CANCELLED status.
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Once serving, the replica registers its address with the coordinator (``RegisterMember``) and renews the lease
 every ``every_s`` seconds, so that a coordinator restarted meanwhile learns it again within one renewal. On
-SIGTERM it says it is leaving (running jobs give it no new work) before it stops serving. For replicas that no
+SIGTERM it says it is leaving and keeps answering until the coordinator reports it drained (running jobs give it
+no new work from their next step), then stops serving. For replicas that no
 list or DNS name knows in advance: compose ``--scale`` on host networking (each replica on a port of its own),
 bare-metal fleets. Registration failures are logged and retried; they never stop the service.
 """
@@ -58,9 +59,24 @@ class Announcer:
         try:
             await asyncio.to_thread(self.client().register_member, self.role, self.address, 0.0, True)
             log.info("told the coordinator that %s is leaving", self.address)
+            await self._until_drained()
         except Exception as exc:  # noqa: BLE001 - its lease runs out instead
             log.warning("could not tell the coordinator that %s is leaving: %s", self.address, exc)
         self.client().close()
+
+    async def _until_drained(self, wait_s: float = 10.0) -> None:
+        """Keep serving until every running job has stopped giving this replica work (the coordinator says
+        "drained"; jobs apply membership between steps), at most ``wait_s``: calls already sent still arrive and
+        are answered, instead of being cut off by the stop."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while asyncio.get_running_loop().time() < deadline:
+            members = (await asyncio.to_thread(self.client().members))[0]
+            state = next((m.state for m in members if m.address == self.address), "drained")
+            if state == "drained":
+                log.info("%s is drained: no job gives it work any more", self.address)
+                return
+            await asyncio.sleep(0.2)
+        log.warning("%s: still not drained after %.0fs; stopping anyway", self.address, wait_s)
 
 
 def member_client(address: str, security, timeout_s: float):
