@@ -11,8 +11,14 @@ from alignmesh.services.common.settings import ClusterConfig
 
 @pytest.mark.parametrize("data, message", [
     ({"rollout": {"dtype": "bf16"}}, "rollout.dtype: must be one of float32, bfloat16, float16, got 'bf16'"),
-    ({"trainer": {"dtype": "bfloat16", "backend": "deepspeed"}}, "trainer.dtype: bfloat16 compute is built into "
-                                                                 "the torch backend"),
+    ({"trainer": {"dtype": "float16", "backend": "deepspeed"}}, "trainer.dtype: the deepspeed backend trains in "
+                                                                "float32 or bfloat16"),
+    ({"trainer": {"dtype": "bfloat16", "backend": "megatron"}}, "trainer.dtype: the megatron backend trains in "
+                                                                "float32 here"),
+    ({"colocate": [["trainer"]]}, "colocate[0]: a group names at least two different roles"),
+    ({"colocate": [["trainer", "reward"]]}, "colocate[0]: 'reward' cannot sleep"),
+    ({"colocate": [["trainer", "rollout"]], "trainer": {"backend": "deepspeed"}},
+     "colocate: the deepspeed trainer cannot sleep"),
     ({"endpoints": {"trainer": ["dns:///t:1"]}}, "endpoints.trainer: dns:///t:1: only rollout, reward and reference"),
     ({"endpoints": {"rollout": ["nohost"]}}, "endpoints.rollout: 'nohost' is not host:port"),
     ({"endpoints": {"rollouts": ["a:1"]}}, "endpoints.rollouts: not a role"),
