@@ -75,7 +75,7 @@ def write_hf_files(dest: Path, state_dict: dict[str, torch.Tensor], model_dir: s
 
 
 @contextlib.contextmanager
-def own_storage(model: torch.nn.Module) -> Iterator[None]:
+def unshared(model: torch.nn.Module) -> Iterator[None]:
     """Parameters laid out in shared flat buckets for the weight push (``buckets.lay_out``) each get storage of
     their own for the duration — safetensors and ``save_pretrained`` refuse tensors that share memory — and then go
     back into their buckets with the values they have by then (a load writes them)."""
@@ -94,7 +94,7 @@ def own_storage(model: torch.nn.Module) -> Iterator[None]:
 
 def save(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict,
          export_hf: bool = False, tokenizer_dir: str | None = None) -> Path:
-    with atomic_dir(path) as tmp, own_storage(model):
+    with atomic_dir(path) as tmp, unshared(model):
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
@@ -113,7 +113,7 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     path = Path(path)
     if not (path / "state.json").is_file():
         raise FileNotFoundError(f"{path} holds no checkpoint (no state.json)")
-    with own_storage(model):
+    with unshared(model):
         load_model(model, str(path / "model.safetensors"))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)

@@ -56,6 +56,10 @@ def test_bad_requests_name_the_field():
         convert.starts_from_proto(pb.ResetRequest())
     with pytest.raises(InvalidArgument, match=r"episodes\[0\].episode_id: must be 1-128"):
         convert.starts_from_proto(pb.ResetRequest(episodes=[pb.EpisodeStart(episode_id="")]))
+    with pytest.raises(InvalidArgument, match=r"actions\[0\].text: at most 65536 characters"):
+        convert.actions_from_proto(pb.StepRequest(actions=[pb.Action(episode_id="a", text="x" * 65537)]))
+    with pytest.raises(InvalidArgument, match=r"episodes\[0\].prompt: at most 65536 characters"):
+        convert.starts_from_proto(pb.ResetRequest(episodes=[pb.EpisodeStart(episode_id="a", prompt="x" * 65537)]))
     with pytest.raises(InvalidArgument, match="names an episode twice"):
         convert.actions_from_proto(pb.StepRequest(actions=[pb.Action(episode_id="a"), pb.Action(episode_id="a")]))
 

@@ -89,3 +89,18 @@ def test_trainer_sleeps_with_its_optimizer_and_trains_on_as_if_it_never_had(wide
     _, b = kept.train_step(batch(), loss, None)
     assert a["loss"] == b["loss"]
     assert all(torch.equal(x, y) for x, y in zip(slept.model.state_dict().values(), kept.model.state_dict().values()))
+
+
+def test_bad_sleep_and_merge_requests_name_the_field(tiny_model_dir):
+    import asyncio
+
+    from alignmesh.protos.common.v1 import memory_pb2
+    from alignmesh.services.common.errors import InvalidArgument
+    from alignmesh.services.rollout.servicer import RolloutServicer
+    from alignmesh.services.trainer.servicer import _merged
+
+    servicer = RolloutServicer(HFRolloutBackend(str(tiny_model_dir)), vocab_size=20)
+    with pytest.raises(InvalidArgument, match="level: must be 1"):
+        asyncio.run(servicer.Sleep(memory_pb2.SleepRequest(level=2), None))
+    with pytest.raises(InvalidArgument, match="merged: only a LoRA trainer merges"):
+        _merged(TorchTrainerBackend(str(tiny_model_dir)), True)
