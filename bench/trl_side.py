@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from datasets import Dataset
@@ -50,7 +51,7 @@ def main() -> None:
     config = GRPOConfig(output_dir="/tmp/trl-bench", per_device_train_batch_size=args.prompts * args.group,
                         num_generations=args.group, max_completion_length=4, learning_rate=args.lr,
                         max_steps=args.steps, beta=0.0, temperature=args.temperature, use_cpu=True,
-                        logging_steps=10, report_to=[], save_strategy="no", bf16=False, epsilon=0.2,
+                        logging_steps=10, report_to=[], save_strategy="no", bf16=args.dtype == "bfloat16", epsilon=0.2,
                         adam_beta2=0.99, max_grad_norm=1.0, seed=0, dataloader_num_workers=0,
                         lr_scheduler_type="constant", warmup_steps=0)
     trainer = GRPOTrainer(model=args.model, reward_funcs=[exact], args=config, train_dataset=train,

@@ -1,10 +1,12 @@
-"""Rollout with transformers ``generate`` (KV cache), any local HF causal LM, CPU or one GPU."""
+"""Rollout on any local HF causal LM, CPU or one GPU: each prompt prefilled once, its KV cache shared by its n
+samples (``decode.py``; the samples ``generate`` would draw)."""
 
 from __future__ import annotations
 
 import torch
 
 from alignmesh.services.models.loading import load_causal_lm, load_tokenizer
+from alignmesh.services.rollout import decode
 from alignmesh.services.rollout.backend import LENGTH, STOP, Generation, SamplingParams, register
 from alignmesh.services.sync.group import GroupSpec, SyncGroup
 from alignmesh.services.sync.receiver import WeightReceiver
@@ -48,21 +50,10 @@ class HFRolloutBackend:
         return Generation(ids, lengths, logprobs, reasons, version)
 
     def _generate(self, prompts: list[list[int]], params: SamplingParams):
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):  # left padding for a decoder-only batch
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
         sample = not params.greedy and params.temperature > 0
-        extra = dict(temperature=params.temperature, top_p=params.top_p, top_k=0) if sample else {}
-        out = self.model.generate(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), do_sample=sample,
-            max_new_tokens=params.max_new_tokens, num_return_sequences=params.n, pad_token_id=self.pad_id,
-            eos_token_id=self.eos_id, output_logits=True, return_dict_in_generate=True, use_cache=True, **extra)
-        completion = out.sequences[:, width:].cpu()
-        logits = torch.stack(out.logits, dim=1).float().cpu()  # raw logits: [B*n, L, V]
-        logprobs = torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        chain = decode.warpers(params.temperature, params.top_p) if sample else None
+        completion, logprobs = decode.sample(self.model, prompts, params.n, params.max_new_tokens, chain,
+                                             self.pad_id, self.eos_id)
         return _cut_after_eos(completion, logprobs, self.eos_id, self.pad_id)
 
 
