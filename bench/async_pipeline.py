@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--off-policy", default="tis", choices=["none", "tis", "decoupled"])
+    ap.add_argument("--off-policy", default="tis", choices=["none", "tis", "decoupled", "sequence_tis"])
     ap.add_argument("--out", default="/tmp/alignmesh-bench-async")
     args = ap.parse_args()
 

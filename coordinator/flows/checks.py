@@ -34,5 +34,5 @@ def one_of(where: str, params, name: str, options: tuple[str, ...]) -> None:
 
 def off_policy(where: str, params) -> None:
     """``off_policy`` / ``is_cap`` of a flow that may run ahead of its trainer (``max_staleness``)."""
-    one_of(where, params, "off_policy", ("none", "tis", "decoupled"))
+    one_of(where, params, "off_policy", ("none", "tis", "decoupled", "sequence_tis"))
     within(where, params, "is_cap", 1.0, 1e6)

@@ -1,7 +1,7 @@
 """GRPO (Shao et al. 2024): group-normalised outcome advantages, clipped policy gradient, optional KL.
 
 With ``max_staleness`` k > 0 the experience of later steps is collected while a step trains; samples then come
-from up to k versions back, and ``off_policy`` ("tis" or "decoupled") corrects for it with the rollout's own
+from up to k versions back, and ``off_policy`` ("tis", "decoupled" or "sequence_tis") corrects for it with the rollout's own
 log-probabilities (``losses.behaviour_weights``)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class GRPOParams:
     epochs: int = 1
     micro_batch_size: int = 0
     adv_eps: float = 1e-4
-    off_policy: str = "none"  # none | tis | decoupled
+    off_policy: str = "none"  # none | tis | decoupled | sequence_tis
     is_cap: float = 2.0
     clip_eps_high: float | None = None  # DAPO clip-higher: the upper clip 1 + clip_eps_high (None: clip_eps)
     dynamic_sampling: int = 0  # DAPO dynamic sampling: at most this many extra rounds per step to fill the batch

@@ -18,7 +18,7 @@ class ReinforcePPParams:
     learning_rate: float = 1e-4
     kl_coef: float = 0.01
     clip_eps: float = 0.2
-    off_policy: str = "none"  # none | tis | decoupled (with max_staleness > 0)
+    off_policy: str = "none"  # none | tis | decoupled | sequence_tis (with max_staleness > 0)
     is_cap: float = 2.0
 
     def validate(self, where: str) -> None:

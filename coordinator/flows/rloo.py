@@ -16,7 +16,7 @@ class RLOOParams:
     samples_per_prompt: int = 8
     learning_rate: float = 1e-4
     clip_eps: float = 0.2
-    off_policy: str = "none"  # none | tis | decoupled (with max_staleness > 0)
+    off_policy: str = "none"  # none | tis | decoupled | sequence_tis (with max_staleness > 0)
     is_cap: float = 2.0
 
     def validate(self, where: str) -> None:

@@ -70,8 +70,9 @@ def loss_from_proto(msg: trainer_pb2.LossSpec) -> LossSpec:
     if spec.micro_batch_size < 0:
         raise InvalidArgument("loss.micro_batch_size", f"must be >= 0 (0: the whole batch), got "
                                                        f"{spec.micro_batch_size}")
-    if spec.off_policy not in ("none", "tis", "decoupled"):
-        raise InvalidArgument("loss.off_policy", f"must be none, tis or decoupled, got {spec.off_policy!r}")
+    if spec.off_policy not in ("none", "tis", "decoupled", "sequence_tis"):
+        raise InvalidArgument("loss.off_policy", f"must be none, tis, decoupled or sequence_tis, got "
+                                                 f"{spec.off_policy!r}")
     if not spec.is_cap >= 1.0 or spec.is_cap == float("inf"):
         raise InvalidArgument("loss.is_cap", f"must be a finite number >= 1, got {spec.is_cap}")
     if spec.epochs < 1:

@@ -86,19 +86,26 @@ def behaviour_weights(proximal_logprobs: torch.Tensor, behaviour_logprobs: torch
                                                        token-level rollout IS)
         "decoupled": w~_bt = w_bt * 1[w_bt <= C]       AReaL's decoupled PPO behaviour weight with its cap: a
                                                        token whose weight exceeds C is left out of the loss
+        "sequence_tis": w~_bt = min(prod_t' w_bt', C)  truncated IS of the whole completion (verl's sequence-level
+                                                       rollout IS): every token of row b gets its row's weight,
+                                                       the product over the row's masked tokens
 
     proximal_logprobs: the trainer's log-probabilities before this update; behaviour_logprobs: the rollout's own,
     both [B, T] aligned with ``mask`` [B, T]. Returns detached (weights [B, T], stats): ``is_ratio_mean`` and
     ``is_ratio_max`` of w over masked tokens, ``is_truncated`` the share of masked tokens with w > C (means are
-    over ``normalizer`` tokens when given: a micro-batch's share of the whole batch's mean).
+    over ``normalizer`` tokens when given: a micro-batch's share of the whole batch's mean; with "sequence_tis" w
+    is the row's product at each of its tokens).
     """
-    if mode not in ("tis", "decoupled"):
-        raise ValueError(f"mode must be tis or decoupled, got {mode!r}")
+    if mode not in ("tis", "decoupled", "sequence_tis"):
+        raise ValueError(f"mode must be tis, decoupled or sequence_tis, got {mode!r}")
     with torch.no_grad():
         mask = mask.to(proximal_logprobs.dtype)
-        w = torch.exp((proximal_logprobs - behaviour_logprobs) * mask)  # 1 off the mask: no overflow from padding
+        log_w = (proximal_logprobs - behaviour_logprobs) * mask  # 0 off the mask: no overflow from padding
+        if mode == "sequence_tis":
+            log_w = log_w.sum(dim=-1, keepdim=True).expand_as(log_w)
+        w = torch.exp(log_w)
         over = (w > cap) & (mask > 0)
-        weights = torch.clamp(w, max=cap) if mode == "tis" else torch.where(over, torch.zeros_like(w), w)
+        weights = torch.where(over, torch.zeros_like(w), w) if mode == "decoupled" else torch.clamp(w, max=cap)
         n = _norm(mask, normalizer)
         stats = {"is_ratio_mean": (w * mask).sum() / n,
                  "is_ratio_max": torch.where(mask > 0, w, torch.zeros_like(w)).max() if mask.any()

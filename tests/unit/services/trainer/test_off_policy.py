@@ -30,8 +30,19 @@ def test_decoupled_weights_leave_out_tokens_over_the_cap():
     w, stats = behaviour_weights(PROX, BEHAV, MASK, cap=2.5, mode="decoupled")
     assert torch.allclose(w * MASK, torch.tensor([[0.0, 2.0, 1.0, 0.0], [0.0, 1.0, 0.25, 0.0]]), atol=1e-6)
     assert stats["is_truncated"].item() == pytest.approx(1 / 5, abs=1e-6)
-    with pytest.raises(ValueError, match="tis or decoupled"):
+    with pytest.raises(ValueError, match="tis, decoupled or sequence_tis"):
         behaviour_weights(PROX, BEHAV, MASK, cap=2.5, mode="clip")
+
+
+def test_sequence_weights_are_the_rows_truncated_products():
+    """Row 0: 2.0 * 1.0 * 9.0 = 18 -> capped at 2.5 on all its tokens; row 1: 1.0 * 0.25 = 0.25 (under the cap).
+    Stats over the 5 masked tokens, each carrying its row's ratio: mean (3 * 18 + 2 * 0.25) / 5, max 18, and the
+    3 tokens of row 0 truncated."""
+    w, stats = behaviour_weights(PROX, BEHAV, MASK, cap=2.5, mode="sequence_tis")
+    assert torch.allclose(w * MASK, torch.tensor([[0.0, 2.5, 2.5, 2.5], [0.0, 0.25, 0.25, 0.0]]), atol=1e-6)
+    assert stats["is_ratio_mean"].item() == pytest.approx((3 * 18 + 2 * 0.25) / 5, abs=1e-4)
+    assert stats["is_ratio_max"].item() == pytest.approx(18.0, abs=1e-4)
+    assert stats["is_truncated"].item() == pytest.approx(3 / 5, abs=1e-6)
 
 
 def test_weighted_surrogate_by_hand():
