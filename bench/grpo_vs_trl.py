@@ -39,6 +39,7 @@ def ours(init: str | None, args, out: Path) -> tuple[str, dict]:
     if args.max_staleness:  # roles overlap: split the cores between training and collecting (docs/async.md)
         cfg.cpu_plan, cfg.rollout.replicas = "overlapped", 1
     cfg.rollout.backend = args.rollout
+    cfg.trainer.shared_prefix = args.shared_prefix  # each group's prompt computed once in the trainer
     cfg.trainer.dtype = cfg.rollout.dtype = args.dtype  # bfloat16: autocast over fp32 master weights (TRL: bf16=True)
     cfg.coordinator.runs_dir = str(out / "runs")
     with LocalCluster(cfg) as cluster, Client(cluster.coordinator_address(), timeout_s=60) as client:
@@ -71,6 +72,8 @@ def main() -> None:
                     help="alignmesh collects this many steps ahead of training (1 rollout replica, cores split)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="compute precision of both systems (bfloat16: autocast over fp32 weights on either side)")
+    ap.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
+                    help="alignmesh's trainer computes every row's prompt (trainer.shared_prefix: false)")
     ap.add_argument("--init", default=None, help="start model (default: made by an sft job)")
     ap.add_argument("--trl-python", default=sys.executable, help="a python with trl installed")
     ap.add_argument("--out", default="/tmp/alignmesh-bench")
@@ -84,7 +87,8 @@ def main() -> None:
                     str(args.lr), "--dtype", args.dtype], check=True, cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "2"})
     t = json.loads((out / "trl.json").read_text())
     rows = [["system", "step s (median)", "samples/s", "tokens budget", "held-out before", "after"]]
-    for name, r in ((f"alignmesh ({args.rollout} rollout, max_staleness {args.max_staleness}, {args.dtype})", a),
+    for name, r in ((f"alignmesh ({args.rollout} rollout, max_staleness {args.max_staleness}, {args.dtype}"
+                     f"{', shared prefix' if args.shared_prefix else ''})", a),
                     (f"TRL GRPOTrainer (no vLLM, {args.dtype})", t)):
         rows.append([name, f"{r['median_step_s']:.3f}", f"{r['samples_per_s']:.0f}", f"{args.prompts}x{args.group}",
                      f"{r['before']:.3f}", f"{r['after']:.3f}"])

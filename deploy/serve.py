@@ -39,6 +39,14 @@ def default_threads(cfg: ClusterConfig, role: str) -> int:
     return threads.share(cfg.replicas(role))
 
 
+def torch_trainer_options(cfg: ClusterConfig) -> dict:
+    """The torch trainer's options from the config. Shared prefixes reuse a KV cache, which layers under gradient
+    checkpointing do not keep, so checkpointing turns them off."""
+    t = cfg.trainer
+    return dict(dtype=t.dtype, gradient_checkpointing=t.gradient_checkpointing, lora=cfg.lora,
+                shared_prefix=t.shared_prefix and not t.gradient_checkpointing)
+
+
 def _limits(path) -> tuple[int, int]:
     """(vocab size, positions) from the model's config, read once: token ids and sequence lengths in requests are
     checked against them (positions 0 when the config does not say)."""
@@ -104,8 +112,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
         t = cfg.trainer
         load_plugins(t.plugins, "trainer.plugins")  # user losses (multi-process trainers load them in every rank)
-        extra = dict(dtype=t.dtype, gradient_checkpointing=t.gradient_checkpointing,
-                     lora=cfg.lora) if t.backend == "torch" else {}
+        extra = torch_trainer_options(cfg) if t.backend == "torch" else {}
         if t.backend in ("deepspeed", "megatron"):  # each rank gets its share of the trainer's cores
             extra = dict(plugins=t.plugins, processes=t.processes, zero_stage=t.zero_stage, tensor_parallel=t.tensor_parallel,
                          dist_timeout_s=t.dist_timeout_s, dtype=t.dtype,

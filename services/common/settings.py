@@ -182,6 +182,10 @@ class TrainerConfig:
     # state stay float32. deepspeed: "bfloat16" turns on its bf16 mode (fp32 master weights in its optimizer).
     dtype: str = "float32"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    # torch backend: compute the leading tokens that consecutive rows share (a GRPO group's prompt) once per
+    # group, its KV cache reused by the group's rows (same values and gradients up to float rounding); off for
+    # gradient checkpointing, which keeps no cache
+    shared_prefix: bool = True
 
     def validate(self, where: str) -> None:
         _positive(where, "learning_rate", self.learning_rate)

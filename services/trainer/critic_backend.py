@@ -26,7 +26,7 @@ def token_values(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
 
 
 class CriticEngine(TorchEngine):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Values:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths=None) -> Values:
         return Values(*token_values(self.model, input_ids, attention_mask))
 
 

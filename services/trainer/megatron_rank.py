@@ -107,7 +107,7 @@ class MegatronRank:
         return stats if self.tp_rank == 0 else {}
 
     # the step loop's engine
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths=None) -> torch.Tensor:
         return self.logprobs(input_ids, attention_mask)
 
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:

@@ -33,8 +33,10 @@ class Engine(Protocol):
     data_rank: int  # this process's data-parallel replica
     data_world: int  # how many data-parallel replicas share the batch
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Per-token log-probabilities [B, T] (policy engines) or ``losses.Values`` (critics), with grad."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None):
+        """Per-token log-probabilities [B, T] (policy engines) or ``losses.Values`` (critics), with grad.
+        ``prompt_lengths`` [B]: each row's leading tokens outside the loss; an engine may compute a prompt that
+        consecutive rows share once (the torch engine's ``shared_prefix``), others ignore it."""
 
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:
         """Accumulate gradients; ``boundary``: the last micro-batch before the optimizer step."""
@@ -113,8 +115,8 @@ def _token_pass(engine: Engine, loss: Loss, b: Experience, spec: LossSpec, slice
         if rows(b, s) == 0:  # still a forward and backward: ZeRO-3 and tensor parallelism meet in every one
             engine.backward(_idle_loss(engine, idle), boundary)
             continue
-        value, parts = loss.objective(engine.forward(b.input_ids[s], b.attention_mask[s]), select(b, s), spec,
-                                      normalizer)
+        logprobs = engine.forward(b.input_ids[s], b.attention_mask[s], prompts(b, s))
+        value, parts = loss.objective(logprobs, select(b, s), spec, normalizer)
         engine.backward(value, boundary)
         merge_stats(totals, {"loss": float(value.detach()) / world})
         merge_stats(totals, {k: float(v) if k.endswith("_max") else float(v) / world for k, v in parts.items()})
@@ -127,7 +129,7 @@ def _pair_pass(engine: Engine, loss: Loss, b: Experience, spec: LossSpec, pairs:
     if mine == 0:
         engine.backward(_idle_loss(engine, idle), True)
         return {}
-    value, parts = loss.objective(engine.forward(b.input_ids, b.attention_mask), b, spec, None)
+    value, parts = loss.objective(engine.forward(b.input_ids, b.attention_mask, prompts(b)), b, spec, None)
     weight = mine / pairs  # this rank's share of the pairs
     engine.backward(value * weight * engine.data_world, True)
     return {"loss": float(value.detach()) * weight, **{k: float(v) * weight for k, v in parts.items()},
@@ -142,8 +144,13 @@ def _frozen_logprobs(engine: Engine, b: Experience, slices: list[slice], idle) -
                 engine.forward(*idle)
                 parts.append(torch.zeros((0, b.input_ids.shape[1]), device=b.input_ids.device))
             else:
-                parts.append(engine.forward(b.input_ids[s], b.attention_mask[s]))
+                parts.append(engine.forward(b.input_ids[s], b.attention_mask[s], prompts(b, s)))
     return torch.cat(parts)
+
+
+def prompts(b: Experience, s: slice = slice(None)) -> torch.Tensor:
+    """Each row's leading positions outside the loss: the index of its first loss token (0 when none)."""
+    return (b.loss_mask[s] > 0).int().argmax(dim=1)
 
 
 def _idle_loss(engine: Engine, idle) -> torch.Tensor:

@@ -12,7 +12,7 @@ from alignmesh.services.common.errors import FailedPrecondition, NotFound
 from alignmesh.services.compat.transformers import enable_activation_checkpointing
 from alignmesh.services.models.loading import load_causal_lm
 from alignmesh.services.models.lora import adapter_state_copy, adapter_weights_from, merged_weights, trainable
-from alignmesh.services.models.logprobs import token_logprobs
+from alignmesh.services.models.logprobs import shared_prefix_logprobs, token_logprobs
 from alignmesh.services.models.offload import Offload, SleepStats, module_tensors, optimizer_tensors
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec
@@ -35,16 +35,21 @@ class TorchEngine:
     data_rank, data_world = 0, 1
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
-                 compute_dtype: torch.dtype = torch.float32):
+                 compute_dtype: torch.dtype = torch.float32, shared_prefix: bool = False):
         self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
         self.compute_dtype = compute_dtype
+        self.shared_prefix = shared_prefix
         self._norm = 0.0
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Mixed precision when asked: matmuls in ``compute_dtype`` under autocast, weights, gradients and the
-        optimizer in float32, log-probabilities from float32 logits."""
+        optimizer in float32, log-probabilities from float32 logits. With ``shared_prefix`` the prompt that
+        consecutive rows share (a group's) is computed once (``logprobs.shared_prefix_logprobs``)."""
         device = input_ids.device.type
         with torch.autocast(device, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            if self.shared_prefix:
+                return shared_prefix_logprobs(self.model, input_ids, attention_mask, prompt_lengths)
             return token_logprobs(self.model, input_ids, attention_mask)
 
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:
@@ -76,8 +81,10 @@ class TorchEngine:
 class TorchTrainerBackend:
     def __init__(self, model_path: str, learning_rate: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0,
                  grad_clip: float = 1.0, seed: int = 0, device: str = "cpu", dtype: str = "float32",
-                 gradient_checkpointing: bool = False, lora=None, offload_dir: str | None = None):
+                 gradient_checkpointing: bool = False, lora=None, offload_dir: str | None = None,
+                 shared_prefix: bool = False):
         torch.manual_seed(seed)
+        self.shared_prefix = shared_prefix
         self.device, self.seed = device, seed
         self.compute_dtype = getattr(torch, dtype)
         self.model_path, self.lora = model_path, lora
@@ -137,7 +144,7 @@ class TorchTrainerBackend:
             return self.step, stats
 
     def _engine(self) -> "TorchEngine":
-        return TorchEngine(self.model, self.optimizer, self.grad_clip, self.compute_dtype)
+        return TorchEngine(self.model, self.optimizer, self.grad_clip, self.compute_dtype, self.shared_prefix)
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str, export_hf: bool) -> CheckpointInfo:

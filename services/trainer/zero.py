@@ -69,7 +69,7 @@ class ZeroRank:
         return train_step(self, batch, loss, lr)
 
     # the step loop's engine: DeepSpeed averages gradients over ranks, clips and steps
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths=None) -> torch.Tensor:
         return token_logprobs(self.engine, input_ids, attention_mask)
 
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:
