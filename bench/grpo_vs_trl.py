@@ -5,8 +5,9 @@
 
 Both start from the same SFT'd tiny model (made first by an `sft` job), same prompts per step, group size,
 4 new tokens, temperature 0.7, lr 1e-4 (constant), AdamW (0.9, 0.99), clip 0.2, no KL, grad clip 1.0, CPU, no
-vLLM on either side, the same precision on both (``--dtype``: float32, or bfloat16 autocast over fp32 weights). alignmesh: 2 rollout replicas + trainer + reward + reference services (1-2 threads each);
-TRL: one process with 2 threads. Step time = median over the steps after the first 5.
+vLLM on either side, the same precision on both (``--dtype``: float32, or bfloat16 autocast over fp32 weights).
+alignmesh: 2 rollout replicas + trainer + reward + reference services (1-2 threads each); TRL: one process with
+2 threads. Step time = median over the steps after the first 5.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def ours(init: str | None, args, out: Path) -> tuple[str, dict]:
         cfg.cpu_plan, cfg.rollout.replicas = "overlapped", 1
     cfg.rollout.backend = args.rollout
     cfg.trainer.shared_prefix = args.shared_prefix  # each group's prompt computed once in the trainer
-    cfg.trainer.dtype = cfg.rollout.dtype = args.dtype  # bfloat16: autocast over fp32 master weights (TRL: bf16=True)
+    cfg.trainer.dtype = cfg.rollout.dtype = args.dtype  # bfloat16: autocast over fp32 weights (TRL: bf16=True)
     cfg.coordinator.runs_dir = str(out / "runs")
     with LocalCluster(cfg) as cluster, Client(cluster.coordinator_address(), timeout_s=60) as client:
         if init is None:
@@ -84,7 +85,8 @@ def main() -> None:
     trl_python = os.path.abspath(args.trl_python)  # not resolved: a venv's python is a symlink to the base one
     subprocess.run([trl_python, str(HERE / "trl_side.py"), init, str(out / "trl.json"), "--steps",
                     str(args.steps), "--prompts", str(args.prompts), "--group", str(args.group), "--lr",
-                    str(args.lr), "--dtype", args.dtype], check=True, cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                    str(args.lr), "--dtype", args.dtype], check=True, cwd=HERE,
+                   env={**os.environ, "OMP_NUM_THREADS": "2"})
     t = json.loads((out / "trl.json").read_text())
     rows = [["system", "step s (median)", "samples/s", "tokens budget", "held-out before", "after"]]
     for name, r in ((f"alignmesh ({args.rollout} rollout, max_staleness {args.max_staleness}, {args.dtype}"

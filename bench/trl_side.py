@@ -51,7 +51,8 @@ def main() -> None:
     config = GRPOConfig(output_dir="/tmp/trl-bench", per_device_train_batch_size=args.prompts * args.group,
                         num_generations=args.group, max_completion_length=4, learning_rate=args.lr,
                         max_steps=args.steps, beta=0.0, temperature=args.temperature, use_cpu=True,
-                        logging_steps=10, report_to=[], save_strategy="no", bf16=args.dtype == "bfloat16", epsilon=0.2,
+                        logging_steps=10, report_to=[], save_strategy="no", bf16=args.dtype == "bfloat16",
+                        epsilon=0.2,
                         adam_beta2=0.99, max_grad_norm=1.0, seed=0, dataloader_num_workers=0,
                         lr_scheduler_type="constant", warmup_steps=0)
     trainer = GRPOTrainer(model=args.model, reward_funcs=[exact], args=config, train_dataset=train,

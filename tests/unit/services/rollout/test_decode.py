@@ -63,7 +63,8 @@ def test_the_same_tokens_and_logprobs_as_generate(families, family, temperature,
 
 def test_rows_that_all_end_stop_the_loop_and_the_backend_cuts_after_eos(tiny_model_dir):
     backend = HFRolloutBackend(str(tiny_model_dir))
-    backend.eos_id = eos = int(ours(backend.model, [[1, 5]], 1, 1, 0.0, 1.0, -1, 0)[0][0, 0])  # the greedy first token
+    eos = int(ours(backend.model, [[1, 5]], 1, 1, 0.0, 1.0, -1, 0)[0][0, 0])  # the greedy first token
+    backend.eos_id = eos
     ids, _ = ours(backend.model, [[1, 5], [1, 5]], 2, 8, 0.0, 1.0, eos, 0)
     assert ids.shape == (4, 1)  # every row ended at its first token: no more forwards
     g = backend.generate([[1, 5], [1, 7, 9]], SamplingParams(temperature=1.0, max_new_tokens=8, n=3, seed=5))
