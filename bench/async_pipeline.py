@@ -28,9 +28,11 @@ from common import table  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def job_text(base: dict, k: int, seed: int, steps: int, off_policy: str) -> str:
+def job_text(base: dict, k: int, seed: int, steps: int, off_policy: str, warmup: int | None) -> str:
     job = json.loads(json.dumps(base))
     job.update(max_staleness=k, seed=seed, steps=steps)
+    if warmup is not None:
+        job["staleness_warmup"] = warmup
     job["params"]["off_policy"] = off_policy if k else "none"
     return yaml.safe_dump(job)
 
@@ -58,6 +60,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--off-policy", default="tis", choices=["none", "tis", "decoupled", "sequence_tis"])
+    ap.add_argument("--warmup", type=int, default=None, help="staleness_warmup (default: the job's)")
     ap.add_argument("--out", default="/tmp/alignmesh-bench-async")
     args = ap.parse_args()
 
@@ -75,7 +78,7 @@ def main() -> None:
     with LocalCluster(cfg) as cluster, Client(cluster.coordinator_address(), timeout_s=60) as client:
         for seed in args.seeds:
             for k in args.ks:
-                done = client.wait(client.submit(job_text(base, k, seed, args.steps, args.off_policy),
+                done = client.wait(client.submit(job_text(base, k, seed, args.steps, args.off_policy, args.warmup),
                                                  name=f"k{k}-s{seed}").id, timeout_s=3600)
                 assert done.state == "succeeded", done.error
                 results[k, seed] = r = measure(Path(done.run_dir), prompts, group)

@@ -198,6 +198,9 @@ class JobConfig:
     # Asynchronous training: collect experience for up to this many steps ahead of the step being trained, so no
     # sample is trained on more than this many weight versions after the one that generated it. 0: in turn.
     max_staleness: int = 0
+    # With max_staleness > 0: train this many first steps of the main stage in turn before running ahead (the policy
+    # moves fastest right after the warm start, where a lagging sample costs the most learning).
+    staleness_warmup: int = 0
     # Episodes in an environment instead of single completions (needs the cluster's environment role).
     environment: EnvironmentSpec | None = None
 
@@ -210,6 +213,8 @@ class JobConfig:
                f"must be raw or chat, got {self.prompt_format!r}")
         _check(0 <= self.max_staleness <= MAX_STALENESS, "max_staleness",
                f"must be in [0, {MAX_STALENESS}] (0: synchronous), got {self.max_staleness}")
+        _check(self.staleness_warmup >= 0, "staleness_warmup",
+               f"must be >= 0 (steps trained in turn before running ahead), got {self.staleness_warmup}")
 
     def check_environment(self) -> None:
         """What the coordinator's machine must provide: the files the job names, the packages it asks for."""

@@ -296,7 +296,8 @@ class FlowContext:
 
     async def experience(self, total: int, collect: Callable[[int], Awaitable[Any]]) -> AsyncIterator[tuple[int, Any]]:
         """``steps(total)``, each with ``await collect(step)``: with ``max_staleness`` k > 0, ``collect`` runs for
-        up to k later steps while the caller trains this one (``pipeline.Ahead``); with 0, in turn as before."""
+        up to k later steps while the caller trains this one (``pipeline.Ahead``; in turn up to step
+        ``staleness_warmup``); with 0, in turn as before."""
         k = self.config.max_staleness
         if k == 0:
             async for step in self.steps(total):
@@ -304,7 +305,8 @@ class FlowContext:
                 self.trained_cursor = self.sampler.cursor
                 yield step, item
             return
-        ahead = Ahead(collect, self.start_step + 1, total, k, self.control, lambda: self.sampler.cursor)
+        ahead = Ahead(collect, self.start_step + 1, total, k, self.control, lambda: self.sampler.cursor,
+                      self.config.staleness_warmup)
         try:
             async for step in self.steps(total):
                 with self.phase("wait"):  # the trainer idles: experience is not ready

@@ -40,11 +40,12 @@ async def resumed(control) -> None:
 
 
 class Ahead:
-    """The producer of steps ``first..last``, at most ``k`` steps ahead of the last trained one."""
+    """The producer of steps ``first..last``, at most ``k`` steps ahead of the last trained one (0 ahead, in
+    turn, up to step ``warmup``)."""
 
     def __init__(self, collect: Callable[[int], Awaitable[Any]], first: int, last: int, k: int, control,
-                 cursor: Callable[[], int]):
-        self.collect, self.first, self.last, self.k = collect, first, last, k
+                 cursor: Callable[[], int], warmup: int = 0):
+        self.collect, self.first, self.last, self.k, self.warmup = collect, first, last, k, warmup
         self.control, self.cursor = control, cursor
         self.trained = first - 1
         self._advanced = asyncio.Event()
@@ -53,7 +54,7 @@ class Ahead:
 
     async def _produce(self) -> None:
         for step in range(self.first, self.last + 1):
-            while self.trained < step - 1 - self.k:  # the staleness bound
+            while self.trained < step - 1 - (self.k if step > self.warmup else 0):  # the staleness bound
                 self._advanced.clear()
                 await self._advanced.wait()
             await resumed(self.control)  # collect nothing new while paused (a cancel ends the producer)
