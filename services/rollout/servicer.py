@@ -21,11 +21,14 @@ class RolloutServicer(WeightControlMixin, SleepWakeMixin, rollout_pb2_grpc.Rollo
         self.compute = ComputeThread("generate")
 
     async def Generate(self, request, context):
+        return await self.compute.run(self._generate, request)
+
+    def _generate(self, request) -> rollout_pb2.GenerateResponse:
+        """On the compute thread, decode and encode included: the event loop only hands the call over."""
         prompts = convert.prompts_from_proto(request, self.vocab_size)
         params = convert.sampling_from_proto(request.sampling)
         convert.check_budget(prompts, params, self.context)
-        gen = await self.compute.run(self.backend.generate, prompts, params)
-        return convert.generation_to_proto(gen)
+        return convert.generation_to_proto(self.backend.generate(prompts, params))
 
 
 def add_to_server(servicer: RolloutServicer, server) -> list[str]:

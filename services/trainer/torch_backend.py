@@ -16,7 +16,7 @@ from alignmesh.services.models.logprobs import shared_prefix_logprobs, token_log
 from alignmesh.services.models.offload import Offload, SleepStats, module_tensors, optimizer_tensors
 from alignmesh.services.sync import buckets as bk
 from alignmesh.services.sync.group import GroupSpec
-from alignmesh.services.sync.sender import PublishStats, SenderGroups, named_weights, publish
+from alignmesh.services.sync.sender import FiniteSinceChecked, PublishStats, SenderGroups, named_weights, publish
 from alignmesh.services.trainer import checkpoint
 from alignmesh.services.trainer.backend import (
     CheckpointInfo,
@@ -103,6 +103,7 @@ class TorchTrainerBackend:
         self.lock = threading.Lock()
         self.offload = Offload(device, offload_dir)  # Sleep: weights and optimizer state out of the device
         self._layout, self._plan = 0, []  # the bucket size the parameters are laid out in (0: not laid out)
+        self.finite = FiniteSinceChecked()  # lets a push skip its NaN/Inf pass (only steps changed the weights)
 
     # -- sleep and wake (colocated roles) -----------------------------------------------------------------
     def sleep(self, level: int = 1) -> SleepStats:
@@ -114,6 +115,7 @@ class TorchTrainerBackend:
 
     def wake(self) -> tuple[int, float]:
         with self.lock:
+            self.finite.forget()
             return self.offload.take()
 
     def _lay_out(self, bucket_bytes: int) -> None:
@@ -167,6 +169,7 @@ class TorchTrainerBackend:
             except FileNotFoundError as exc:
                 raise NotFound(f"path: {exc}") from None
             self.step, self.weight_version = int(state["step"]), int(state["weight_version"])
+            self.finite.forget(self.optimizer)
         return CheckpointInfo(path, self.step, self.weight_version)
 
     def _load_model(self, path: str) -> torch.nn.Module:
@@ -187,6 +190,7 @@ class TorchTrainerBackend:
             self.optimizer = torch.optim.AdamW(trainable(self.model), lr=lr, betas=self.betas,
                                                weight_decay=self.weight_decay)
             self.step = 0
+            self.finite.forget(self.optimizer)
         return CheckpointInfo(path, self.step, self.weight_version)
 
     def _load_adapters(self, path: str) -> None:
@@ -220,14 +224,18 @@ class TorchTrainerBackend:
             self._awake("publishing weights")
             if not merged:
                 self._lay_out(bucket_bytes)
+            vouched = not merged and self.finite.known() and (dtype is None or all(
+                t.dtype == dtype for _, t in self._pushed(False)))  # sent as trained: no cast that could overflow
             try:
                 stats = publish(group, self._pushed(merged), version, bucket_bytes,
-                                self._sync_buffers.setdefault(merged, {}), dtype)
+                                self._sync_buffers.setdefault(merged, {}), dtype, vouched)
             except FailedPrecondition:
                 raise  # withdrawn (NaN/Inf weights): the transfer itself completed, the group is intact
             except Exception:
                 self.senders.drop(group_id)
                 raise
             self.weight_version = version
+            if not merged:
+                self.finite.checked()
         return stats
 
