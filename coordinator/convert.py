@@ -81,8 +81,12 @@ def scores_from_proto(resp: reward_pb2.ScoreResponse) -> torch.Tensor:
     return decode(resp.scores, "scores", torch.float32, ndim=1)
 
 
-def logprobs_request(ids: torch.Tensor, mask: torch.Tensor) -> reference_pb2.LogProbsRequest:
-    return reference_pb2.LogProbsRequest(input_ids=encode(ids), attention_mask=encode(mask))
+def logprobs_request(ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None
+                     ) -> reference_pb2.LogProbsRequest:
+    req = reference_pb2.LogProbsRequest(input_ids=encode(ids), attention_mask=encode(mask))
+    if prompt_lengths is not None:
+        req.prompt_lengths.CopyFrom(encode(prompt_lengths.to(torch.int64)))
+    return req
 
 
 def load_weights_request(path: str, version: int) -> reference_pb2.LoadWeightsRequest:

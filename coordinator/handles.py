@@ -250,11 +250,15 @@ class ReferencePool(Pool):
             if self.source is None or served != self.source[1]:
                 ep.healthy = False
 
-    async def logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    async def logprobs(self, ids: torch.Tensor, mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """[B, T] reference log-probabilities, rows split over the healthy replicas; ``prompt_lengths`` [B] lets a
+        replica compute a prompt that consecutive rows share once."""
         await self.readmit()
         chunks = _split(ids.shape[0], len(self.healthy()))
-        parts = await asyncio.gather(*(self.call("ComputeLogProbs", convert.logprobs_request(ids[lo:hi], mask[lo:hi]),
-                                                 first=k) for k, (lo, hi) in enumerate(chunks)))
+        lengths = (lambda lo, hi: None) if prompt_lengths is None else (lambda lo, hi: prompt_lengths[lo:hi])
+        parts = await asyncio.gather(*(self.call("ComputeLogProbs", convert.logprobs_request(
+            ids[lo:hi], mask[lo:hi], lengths(lo, hi)), first=k) for k, (lo, hi) in enumerate(chunks)))
         return torch.cat([convert.logprobs_from_proto(p) for p in parts])
 
 

@@ -92,7 +92,8 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
 
         be = backend.TorchReferenceBackend(path, device=cfg.reference.device,
                                            micro_batch_size=cfg.reference.micro_batch_size,
-                                           dtype=cfg.reference.dtype, lora=cfg.lora)
+                                           dtype=cfg.reference.dtype, lora=cfg.lora,
+                                           shared_prefix=cfg.reference.shared_prefix)
         svc = servicer.ReferenceServicer(be, vocab, path_policy(cfg), context)
     elif role == "reward":
         from alignmesh.services.reward import servicer

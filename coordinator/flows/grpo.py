@@ -94,7 +94,7 @@ class GRPO:
         ref = None
         if ctx.live("kl_coef", p.kl_coef) > 0 and keep.any():
             with ctx.phase("reference"):
-                ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask)
+                ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask, batch.prompt_lengths())
         rewards, lengths = torch.cat([r.rewards for r in rounds]), torch.cat([r.lengths for r in rounds])
         metrics = {"reward_mean": float(rewards.mean()), "informative_groups": float(keep.sum()) / p.group_size,
                    "samples": float(lengths.numel()), "prompt_crc": ctx.fingerprint([e for r in rounds

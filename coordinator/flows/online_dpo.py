@@ -47,7 +47,7 @@ class OnlineDPO:
                 rejected = [completions[i * k + int(worst[i])] for i in pairs]
                 batch = ctx.sequences([prompts[i] for i in pairs] * 2, chosen + rejected)
                 with ctx.phase("reference"):
-                    ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask)
+                    ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask, batch.prompt_lengths())
                 with ctx.phase("train"):
                     _, train = await ctx.trainer.train_step(
                         batch.input_ids, batch.attention_mask, batch.loss_mask, None, ref,

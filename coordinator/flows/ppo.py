@@ -53,7 +53,7 @@ class PPO:
                                                                                          out.lengths))
             width, T = out.completion_ids.shape[1], batch.input_ids.shape[1]
             with ctx.phase("reference"):
-                ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask)
+                ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask, batch.prompt_lengths())
             with ctx.phase("values"):
                 values, _ = await ctx.critic.values(batch.input_ids, batch.attention_mask)
             mask = sequences.take(batch.loss_mask, starts, width)

@@ -39,7 +39,7 @@ class ReinforcePP:
         starts = [len(q) for q in prompts for _ in range(p.samples_per_prompt)]
         batch = ctx.rollout_batch(prompts, out, p.samples_per_prompt)
         with ctx.phase("reference"):
-            ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask)
+            ref = await ctx.reference.logprobs(batch.input_ids, batch.attention_mask, batch.prompt_lengths())
         width = out.completion_ids.shape[1]
         mask = sequences.take(batch.loss_mask, starts, width)
         adv = reinforce_pp_advantages(rewards, out.logprobs, sequences.take(ref, starts, width), mask,

@@ -14,6 +14,10 @@ class SequenceBatch:
     loss_mask: torch.Tensor  # float32 [B, T]: 1 on completion tokens
     behavior_logprobs: torch.Tensor | None = None  # float32 [B, T]: the rollout's own, where it sampled
 
+    def prompt_lengths(self) -> torch.Tensor:
+        """[B] each row's leading tokens outside the loss (its first loss position; 0 when it has none)."""
+        return (self.loss_mask > 0).int().argmax(dim=1)
+
     def select(self, index: torch.Tensor) -> "SequenceBatch":
         behavior = None if self.behavior_logprobs is None else self.behavior_logprobs[index]
         return SequenceBatch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index], behavior)

@@ -154,6 +154,8 @@ class ReferenceConfig:
     micro_batch_size: int = 512
     device: str = "cpu"
     dtype: str = "float32"  # the reference model's dtype (weights pushed to it are cast to it)
+    # Compute the prompt that consecutive rows share (a group's) once, when the caller sends prompt lengths.
+    shared_prefix: bool = True
 
     def validate(self, where: str) -> None:
         _positive(where, "replicas", self.replicas)

@@ -24,9 +24,9 @@ class ReferenceServicer(WeightControlMixin, SleepWakeMixin, reference_pb2_grpc.R
         self.paths = paths  # where models may be loaded from
 
     async def ComputeLogProbs(self, request, context):
-        ids, mask = convert.batch_from_proto(request, self.vocab_size)
+        ids, mask, prompt_lengths = convert.batch_from_proto(request, self.vocab_size)
         check_width(ids, self.context)
-        logprobs, version = await asyncio.to_thread(run_pinned, self.backend.logprobs, ids, mask)
+        logprobs, version = await asyncio.to_thread(run_pinned, self.backend.logprobs, ids, mask, prompt_lengths)
         return convert.logprobs_to_proto(logprobs, version)
 
     async def LoadWeights(self, request, context):

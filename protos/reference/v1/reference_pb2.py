@@ -27,7 +27,7 @@ from alignmesh.protos.common.v1 import memory_pb2 as alignmesh_dot_protos_dot_co
 from alignmesh.protos.common.v1 import weights_pb2 as alignmesh_dot_protos_dot_common_dot_v1_dot_weights__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-alignmesh/protos/reference/v1/reference.proto\x12\x16\x61lignmesh.reference.v1\x1a\'alignmesh/protos/common/v1/tensor.proto\x1a\'alignmesh/protos/common/v1/memory.proto\x1a(alignmesh/protos/common/v1/weights.proto\"3\n\x12LoadWeightsRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"v\n\x0fLogProbsRequest\x12.\n\tinput_ids\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x33\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\"Y\n\x10LogProbsResponse\x12-\n\x08logprobs\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x16\n\x0eweight_version\x18\x02 \x01(\x03\x32\x8e\x07\n\x10ReferenceService\x12\x64\n\x0f\x43omputeLogProbs\x12\'.alignmesh.reference.v1.LogProbsRequest\x1a(.alignmesh.reference.v1.LogProbsResponse\x12\x66\n\rJoinSyncGroup\x12).alignmesh.common.v1.JoinSyncGroupRequest\x1a*.alignmesh.common.v1.JoinSyncGroupResponse\x12x\n\x13PrepareWeightUpdate\x12/.alignmesh.common.v1.PrepareWeightUpdateRequest\x1a\x30.alignmesh.common.v1.PrepareWeightUpdateResponse\x12h\n\x12\x43ommitWeightUpdate\x12..alignmesh.common.v1.CommitWeightUpdateRequest\x1a\".alignmesh.common.v1.WeightVersion\x12\x66\n\x11\x41\x62ortWeightUpdate\x12-.alignmesh.common.v1.AbortWeightUpdateRequest\x1a\".alignmesh.common.v1.WeightVersion\x12\x64\n\x10GetWeightVersion\x12,.alignmesh.common.v1.GetWeightVersionRequest\x1a\".alignmesh.common.v1.WeightVersion\x12N\n\x05Sleep\x12!.alignmesh.common.v1.SleepRequest\x1a\".alignmesh.common.v1.SleepResponse\x12K\n\x04Wake\x12 .alignmesh.common.v1.WakeRequest\x1a!.alignmesh.common.v1.WakeResponse\x12]\n\x0bLoadWeights\x12*.alignmesh.reference.v1.LoadWeightsRequest\x1a\".alignmesh.common.v1.WeightVersionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-alignmesh/protos/reference/v1/reference.proto\x12\x16\x61lignmesh.reference.v1\x1a\'alignmesh/protos/common/v1/tensor.proto\x1a\'alignmesh/protos/common/v1/memory.proto\x1a(alignmesh/protos/common/v1/weights.proto\"3\n\x12LoadWeightsRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xab\x01\n\x0fLogProbsRequest\x12.\n\tinput_ids\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x33\n\x0e\x61ttention_mask\x18\x02 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x33\n\x0eprompt_lengths\x18\x03 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\"Y\n\x10LogProbsResponse\x12-\n\x08logprobs\x18\x01 \x01(\x0b\x32\x1b.alignmesh.common.v1.Tensor\x12\x16\n\x0eweight_version\x18\x02 \x01(\x03\x32\x8e\x07\n\x10ReferenceService\x12\x64\n\x0f\x43omputeLogProbs\x12\'.alignmesh.reference.v1.LogProbsRequest\x1a(.alignmesh.reference.v1.LogProbsResponse\x12\x66\n\rJoinSyncGroup\x12).alignmesh.common.v1.JoinSyncGroupRequest\x1a*.alignmesh.common.v1.JoinSyncGroupResponse\x12x\n\x13PrepareWeightUpdate\x12/.alignmesh.common.v1.PrepareWeightUpdateRequest\x1a\x30.alignmesh.common.v1.PrepareWeightUpdateResponse\x12h\n\x12\x43ommitWeightUpdate\x12..alignmesh.common.v1.CommitWeightUpdateRequest\x1a\".alignmesh.common.v1.WeightVersion\x12\x66\n\x11\x41\x62ortWeightUpdate\x12-.alignmesh.common.v1.AbortWeightUpdateRequest\x1a\".alignmesh.common.v1.WeightVersion\x12\x64\n\x10GetWeightVersion\x12,.alignmesh.common.v1.GetWeightVersionRequest\x1a\".alignmesh.common.v1.WeightVersion\x12N\n\x05Sleep\x12!.alignmesh.common.v1.SleepRequest\x1a\".alignmesh.common.v1.SleepResponse\x12K\n\x04Wake\x12 .alignmesh.common.v1.WakeRequest\x1a!.alignmesh.common.v1.WakeResponse\x12]\n\x0bLoadWeights\x12*.alignmesh.reference.v1.LoadWeightsRequest\x1a\".alignmesh.common.v1.WeightVersionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOADWEIGHTSREQUEST']._serialized_start=197
   _globals['_LOADWEIGHTSREQUEST']._serialized_end=248
-  _globals['_LOGPROBSREQUEST']._serialized_start=250
-  _globals['_LOGPROBSREQUEST']._serialized_end=368
-  _globals['_LOGPROBSRESPONSE']._serialized_start=370
-  _globals['_LOGPROBSRESPONSE']._serialized_end=459
-  _globals['_REFERENCESERVICE']._serialized_start=462
-  _globals['_REFERENCESERVICE']._serialized_end=1372
+  _globals['_LOGPROBSREQUEST']._serialized_start=251
+  _globals['_LOGPROBSREQUEST']._serialized_end=422
+  _globals['_LOGPROBSRESPONSE']._serialized_start=424
+  _globals['_LOGPROBSRESPONSE']._serialized_end=513
+  _globals['_REFERENCESERVICE']._serialized_start=516
+  _globals['_REFERENCESERVICE']._serialized_end=1426
 # @@protoc_insertion_point(module_scope)

@@ -17,12 +17,14 @@ class LoadWeightsRequest(_message.Message):
     def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class LogProbsRequest(_message.Message):
-    __slots__ = ("input_ids", "attention_mask")
+    __slots__ = ("input_ids", "attention_mask", "prompt_lengths")
     INPUT_IDS_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_MASK_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     input_ids: _tensor_pb2.Tensor
     attention_mask: _tensor_pb2.Tensor
-    def __init__(self, input_ids: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    prompt_lengths: _tensor_pb2.Tensor
+    def __init__(self, input_ids: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., attention_mask: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., prompt_lengths: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class LogProbsResponse(_message.Message):
     __slots__ = ("logprobs", "weight_version")
