@@ -74,8 +74,9 @@ class FiniteSinceChecked:
     check is a full pass over the weights: ~10 ms per 200 MB on one CPU core, as much as the checksum).
 
     Known after a push that checked every bucket, for as long as every change to the weights since was an AdamW
-    step with finite gradients (the step loop skips any other) from finite moments: the first moment then stays
-    finite, the denominator sqrt(v) + eps is positive even where v overflows, so each update is finite. Finite
+    step with finite gradients (the step loop skips any other) from finite moments at a learning rate of at most 1:
+    the first moment then stays finite, the denominator sqrt(v) + eps is positive even where v overflows, so each
+    update is finite and far from overflowing the weights. Finite
     moments are checked whenever they are loaded; any other change to the weights (a load, a wake) calls
     ``forget``, and the next push checks again."""
 

@@ -142,6 +142,8 @@ class TorchTrainerBackend:
             engine = self._engine()
             stats = train_step(engine, move_experience(batch, self.device), loss, learning_rate)
             self.step += 1
+            if engine.lr() > 1.0:  # an update that large is not vouched for: the next push checks the weights
+                self.finite.forget()
             stats.update(grad_norm=engine.grad_norm(), lr=engine.lr())
             return self.step, stats
 

@@ -48,17 +48,21 @@ def test_steps_keep_the_weights_vouched_for_and_a_load_makes_the_push_check(trai
     trainer.train_step(batch(), CLEAN, None)
     assert trainer.finite.known()
     trainer.publish("solo", 2, BUCKET)
+    trainer.train_step(batch(), CLEAN, 2.0)  # a learning rate above 1: the next push checks again
+    assert not trainer.finite.known()
+    trainer.publish("solo", 3, BUCKET)
+    assert trainer.finite.known()
     poisoned = load_causal_lm(str(tiny_model_dir))
     with torch.no_grad():
         poisoned.model.layers[0].mlp.up_proj.weight[1, 2] = float("inf")
     poisoned.save_pretrained(tmp_path / "poisoned")
     trainer.load_checkpoint(str(tmp_path / "poisoned"))
     assert not trainer.finite.known()
-    with pytest.raises(FailedPrecondition, match=r"model.layers.0.mlp.up_proj.weight holds NaN or Inf; version 3 "
+    with pytest.raises(FailedPrecondition, match=r"model.layers.0.mlp.up_proj.weight holds NaN or Inf; version 4 "
                                                   r"was withdrawn"):
-        trainer.publish("solo", 3, BUCKET)
-    with pytest.raises(FailedPrecondition, match="withdrawn"):  # still checked: a withdrawn push vouches nothing
         trainer.publish("solo", 4, BUCKET)
+    with pytest.raises(FailedPrecondition, match="withdrawn"):  # still checked: a withdrawn push vouches nothing
+        trainer.publish("solo", 5, BUCKET)
 
 
 def test_loaded_moments_that_are_not_finite_keep_every_push_checked(trainer, tmp_path):
