@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--off-policy", default="tis", choices=["none", "tis", "decoupled", "sequence_tis"])
     ap.add_argument("--warmup", type=int, default=None, help="staleness_warmup (default: the job's)")
+    ap.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
+                    help="trainer computes every row whole (a slower trainer: samples run further behind)")
     ap.add_argument("--out", default="/tmp/alignmesh-bench-async")
     args = ap.parse_args()
 
@@ -72,6 +74,7 @@ def main() -> None:
     prompts, group = base["params"]["prompts_per_step"], base["params"]["group_size"]
     cfg = ClusterConfig(state_dir=str(Path(args.out) / "state"))
     cfg.rollout.replicas = 2
+    cfg.trainer.shared_prefix = args.shared_prefix
     cfg.coordinator.runs_dir = str(Path(args.out) / "runs")
     results: dict[tuple[int, int], dict] = {}
     start = time.time()
