@@ -256,9 +256,9 @@ class ReferencePool(Pool):
         replica compute a prompt that consecutive rows share once."""
         await self.readmit()
         chunks = _split(ids.shape[0], len(self.healthy()))
-        lengths = (lambda lo, hi: None) if prompt_lengths is None else (lambda lo, hi: prompt_lengths[lo:hi])
         parts = await asyncio.gather(*(self.call("ComputeLogProbs", convert.logprobs_request(
-            ids[lo:hi], mask[lo:hi], lengths(lo, hi)), first=k) for k, (lo, hi) in enumerate(chunks)))
+            ids[lo:hi], mask[lo:hi], None if prompt_lengths is None else prompt_lengths[lo:hi]), first=k)
+            for k, (lo, hi) in enumerate(chunks)))
         return torch.cat([convert.logprobs_from_proto(p) for p in parts])
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from alignmesh.services.models.logprobs import prompt_lengths
+
 
 @dataclass
 class SequenceBatch:
@@ -15,8 +17,8 @@ class SequenceBatch:
     behavior_logprobs: torch.Tensor | None = None  # float32 [B, T]: the rollout's own, where it sampled
 
     def prompt_lengths(self) -> torch.Tensor:
-        """[B] each row's leading tokens outside the loss (its first loss position; 0 when it has none)."""
-        return (self.loss_mask > 0).int().argmax(dim=1)
+        """[B] each row's leading tokens outside the loss (``logprobs.prompt_lengths``)."""
+        return prompt_lengths(self.loss_mask)
 
     def select(self, index: torch.Tensor) -> "SequenceBatch":
         behavior = None if self.behavior_logprobs is None else self.behavior_logprobs[index]

@@ -24,6 +24,11 @@ def _picked(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch
     return out
 
 
+def prompt_lengths(loss_mask: torch.Tensor) -> torch.Tensor:
+    """[B] each row's leading positions outside the loss: the index of its first loss token (0 when none)."""
+    return (loss_mask > 0).int().argmax(dim=1)
+
+
 def prefix_runs(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Runs of consecutive rows with the same prompt (a GRPO group: its samples of one prompt).

@@ -76,20 +76,19 @@ class FiniteSinceChecked:
     Known after a push that checked every bucket, for as long as every change to the weights since was an AdamW
     step with finite gradients (the step loop skips any other) from finite moments at a learning rate of at most 1:
     the first moment then stays finite, the denominator sqrt(v) + eps is positive even where v overflows, so each
-    update is finite and far from overflowing the weights. Finite
-    moments are checked whenever they are loaded; any other change to the weights (a load, a wake) calls
-    ``forget``, and the next push checks again."""
+    update is finite and far from overflowing the weights. Finite moments are checked whenever they are loaded;
+    any other change to the weights (a load, a wake) calls ``forget``, and the next push checks again."""
 
     def __init__(self) -> None:
         self.weights = False
         self.moments = True
 
-    def forget(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """The weights changed outside the optimizer; with ``optimizer``, its (loaded) moments are checked too."""
+    def forget(self, moments: list[torch.Tensor] | None = None) -> None:
+        """The weights changed outside the optimizer; with ``moments`` (the optimizer's state tensors, just
+        loaded) whether those are finite too."""
         self.weights = False
-        if optimizer is not None:
-            self.moments = all(bool(torch.isfinite(t).all()) for state in optimizer.state.values()
-                               for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point())
+        if moments is not None:
+            self.moments = all(bool(torch.isfinite(t).all()) for t in moments if t.is_floating_point())
 
     def checked(self) -> None:
         self.weights = True

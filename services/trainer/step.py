@@ -21,6 +21,7 @@ from typing import Protocol
 import torch
 
 from alignmesh.services.common.errors import ConfigError, InvalidArgument
+from alignmesh.services.models.logprobs import prompt_lengths
 from alignmesh.services.trainer.backend import Experience, LossSpec
 from alignmesh.services.trainer.losses import LOSSES, Loss
 
@@ -149,8 +150,8 @@ def _frozen_logprobs(engine: Engine, b: Experience, slices: list[slice], idle) -
 
 
 def prompts(b: Experience, s: slice = slice(None)) -> torch.Tensor:
-    """Each row's leading positions outside the loss: the index of its first loss token (0 when none)."""
-    return (b.loss_mask[s] > 0).int().argmax(dim=1)
+    """Each row's leading positions outside the loss (``logprobs.prompt_lengths``)."""
+    return prompt_lengths(b.loss_mask[s])
 
 
 def _idle_loss(engine: Engine, idle) -> torch.Tensor:

@@ -171,7 +171,7 @@ class TorchTrainerBackend:
             except FileNotFoundError as exc:
                 raise NotFound(f"path: {exc}") from None
             self.step, self.weight_version = int(state["step"]), int(state["weight_version"])
-            self.finite.forget(self.optimizer)
+            self.finite.forget(optimizer_tensors(self.optimizer))
         return CheckpointInfo(path, self.step, self.weight_version)
 
     def _load_model(self, path: str) -> torch.nn.Module:
@@ -192,7 +192,7 @@ class TorchTrainerBackend:
             self.optimizer = torch.optim.AdamW(trainable(self.model), lr=lr, betas=self.betas,
                                                weight_decay=self.weight_decay)
             self.step = 0
-            self.finite.forget(self.optimizer)
+            self.finite.forget(optimizer_tensors(self.optimizer))
         return CheckpointInfo(path, self.step, self.weight_version)
 
     def _load_adapters(self, path: str) -> None:
@@ -226,10 +226,11 @@ class TorchTrainerBackend:
             self._awake("publishing weights")
             if not merged:
                 self._lay_out(bucket_bytes)
+            pushed = self._pushed(merged)
             vouched = not merged and self.finite.known() and (dtype is None or all(
-                t.dtype == dtype for _, t in self._pushed(False)))  # sent as trained: no cast that could overflow
+                t.dtype == dtype for _, t in pushed))  # sent as trained: no cast that could overflow
             try:
-                stats = publish(group, self._pushed(merged), version, bucket_bytes,
+                stats = publish(group, pushed, version, bucket_bytes,
                                 self._sync_buffers.setdefault(merged, {}), dtype, vouched)
             except FailedPrecondition:
                 raise  # withdrawn (NaN/Inf weights): the transfer itself completed, the group is intact
