@@ -3,6 +3,7 @@ bound ``max(generate + reward + reference, train + push)``, samples/s, version l
 
     python bench/async_pipeline.py                       # the demo job, k = 0, 1, 2, seed 0
     python bench/async_pipeline.py --seeds 0 1 2 --steps 300   # the learning table of docs/benchmarks.md
+    python bench/async_pipeline.py --betas 0.9 0.99 --set staleness_lr=false   # other optimizer / job settings
 
 Every job runs on the same cluster (2 rollout replicas, trainer, reward, reference, coordinator; 1 thread each)
 back to back, so the ratios compare runs measured minutes apart on the same machine. Step time is the median of
@@ -25,12 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import table  # noqa: E402
 
+from alignmesh.deploy.demo import DEMO_BETAS  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 
 
-def job_text(base: dict, k: int, seed: int, steps: int, off_policy: str, warmup: int | None) -> str:
+def job_text(base: dict, k: int, seed: int, steps: int, off_policy: str, warmup: int | None,
+             overrides: list[str] = ()) -> str:
     job = json.loads(json.dumps(base))
     job.update(max_staleness=k, seed=seed, steps=steps)
+    for item in overrides:  # key=value or params.key=value, the value read as YAML
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = job
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = yaml.safe_load(value)
     if warmup is not None:
         job["staleness_warmup"] = warmup
     job["params"]["off_policy"] = off_policy if k else "none"
@@ -63,6 +74,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=None, help="staleness_warmup (default: the job's)")
     ap.add_argument("--no-shared-prefix", dest="shared_prefix", action="store_false",
                     help="trainer computes every row whole (a slower trainer: samples run further behind)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="a job field for the k > 0 jobs (repeatable), e.g. staleness_lr=false or params.is_cap=5")
+    ap.add_argument("--betas", type=float, nargs=2, default=list(DEMO_BETAS),
+                    help="the trainer's AdamW betas (all jobs; default: the demo's)")
     ap.add_argument("--out", default="/tmp/alignmesh-bench-async")
     args = ap.parse_args()
 
@@ -75,13 +90,15 @@ def main() -> None:
     cfg = ClusterConfig(state_dir=str(Path(args.out) / "state"))
     cfg.rollout.replicas = 2
     cfg.trainer.shared_prefix = args.shared_prefix
+    cfg.trainer.betas = list(args.betas)
     cfg.coordinator.runs_dir = str(Path(args.out) / "runs")
     results: dict[tuple[int, int], dict] = {}
     start = time.time()
     with LocalCluster(cfg) as cluster, Client(cluster.coordinator_address(), timeout_s=60) as client:
         for seed in args.seeds:
             for k in args.ks:
-                done = client.wait(client.submit(job_text(base, k, seed, args.steps, args.off_policy, args.warmup),
+                done = client.wait(client.submit(job_text(base, k, seed, args.steps, args.off_policy, args.warmup,
+                                                          args.overrides if k else []),
                                                  name=f"k{k}-s{seed}").id, timeout_s=3600)
                 assert done.state == "succeeded", done.error
                 results[k, seed] = r = measure(Path(done.run_dir), prompts, group)

@@ -201,6 +201,9 @@ class JobConfig:
     # With max_staleness > 0: train this many first steps of the main stage in turn before running ahead (the policy
     # moves fastest right after the warm start, where a lagging sample costs the most learning).
     staleness_warmup: int = 0
+    # With max_staleness > 1: divide a step's learning rate by its samples' mean version lag where that exceeds 1
+    # (staleness-aware SGD: samples two versions old take half a step).
+    staleness_lr: bool = True
     # Episodes in an environment instead of single completions (needs the cluster's environment role).
     environment: EnvironmentSpec | None = None
 

@@ -16,6 +16,11 @@ from alignmesh.services.common.settings import ClusterConfig, load_cluster_confi
 DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "grpo_addition.yaml"
 
 
+# The embedded task's optimizer: AdamW momentum 0.7 rather than the trainer's default 0.9 — 7 to 10 points more
+# held-out accuracy after 300 steps at every max_staleness, and less lost to stale samples (docs/benchmarks.md).
+DEMO_BETAS = (0.7, 0.99)
+
+
 def demo_job_text(path: str | None) -> str:
     if path:
         return Path(path).read_text()
@@ -57,6 +62,7 @@ def run_demo(config: str | None, job_config: str | None, out: str) -> int:
     spec = yaml.safe_load(text) or {}
     if not config:
         cfg.rollout.replicas = 2
+        cfg.trainer.betas = list(DEMO_BETAS)
         if spec.get("algorithm") in NEEDS_CRITIC:
             cfg.critic.replicas = 1
     if spec.get("environment") is not None and not cfg.environment.replicas:

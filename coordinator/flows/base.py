@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 import torch
 
+from alignmesh.coordinator.algos.staleness import staleness_scaled_lr
 from alignmesh.coordinator.config import JobConfig
 from alignmesh.coordinator.data import Example, PromptSampler, Splits
 from alignmesh.coordinator import episodes
@@ -81,6 +82,7 @@ class FlowContext:
     environment: Any = None  # the environment pool (``environment_pool.EnvironmentPool``) of an agent job
     eval_notes: dict[str, float] = field(default_factory=dict)  # the last evaluation's episode facts
     turns: Any = None  # colocation.Turns: roles that share a device group take turns (None: none do)
+    step_lr: float | None = None  # the learning rate the step just trained with (``learning_rate``), reported
 
     # -- data ---------------------------------------------------------------------------------------------
     def encode(self, examples: list[Example]) -> list[list[int]]:
@@ -258,6 +260,13 @@ class FlowContext:
         """The job's current value of a live knob (changed by UpdateJob), else ``default``."""
         return self.control.knobs.get(knob, default)
 
+    def learning_rate(self, base: float, lag: float) -> float:
+        """A step's learning rate: the live knob (else ``base``); with the job's ``staleness_lr``, divided by
+        the samples' mean version ``lag`` where that exceeds 1 (``algos.staleness.staleness_scaled_lr``)."""
+        lr = self.live("learning_rate", base)
+        self.step_lr = staleness_scaled_lr(lr, lag) if self.config.staleness_lr else lr
+        return self.step_lr
+
     async def steps(self, total: int) -> AsyncIterator[int]:
         """Yield step numbers after ``start_step`` up to ``total``; waits while paused; raises Cancelled."""
         for step in range(self.start_step + 1, total + 1):
@@ -337,6 +346,8 @@ class FlowContext:
                         if k.startswith("@") and k != "@episodes" and count})
         timings.update({k[1:]: v for k, v in self.phases.items() if k.startswith("#")})
         timings["time_step"] = time.perf_counter() - self.step_started
+        if self.step_lr is not None:
+            timings["learning_rate"], self.step_lr = self.step_lr, None
         timings["rollout_replicas"] = float(sum(ep.healthy for ep in self.rollout.eps))
         timings.update(self.trainer.ledger.metrics())
         self.emit("step", {"stage": self.stage, "step": step, "metrics": {**metrics, **timings}})

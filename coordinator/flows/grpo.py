@@ -117,7 +117,7 @@ class GRPO:
                                   epochs=p.epochs, micro_batch_size=p.micro_batch_size, off_policy=p.off_policy,
                                   is_cap=p.is_cap, **({} if p.clip_eps_high is None else
                                                       {"clip_eps_high": p.clip_eps_high})),
-                        learning_rate=ctx.live("learning_rate", p.learning_rate),
+                        learning_rate=ctx.learning_rate(p.learning_rate, metrics["version_lag"]),
                         behavior_logprobs=batch.behavior_logprobs if p.off_policy != "none" else None)
                 with ctx.phase("sync"):
                     synced = await ctx.push_weights()

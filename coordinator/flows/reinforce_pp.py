@@ -56,7 +56,7 @@ class ReinforcePP:
                 _, train = await ctx.trainer.train_step(
                     batch.input_ids, batch.attention_mask, batch.loss_mask, adv,
                     loss=dict(name="policy_gradient", clip_eps=p.clip_eps, off_policy=p.off_policy, is_cap=p.is_cap),
-                    learning_rate=ctx.live("learning_rate", p.learning_rate),
+                    learning_rate=ctx.learning_rate(p.learning_rate, metrics["version_lag"]),
                     behavior_logprobs=batch.behavior_logprobs if p.off_policy != "none" else None)
             with ctx.phase("sync"):
                 await ctx.push_weights()

@@ -54,6 +54,10 @@ def test_samples_stay_within_the_bound_and_steps_get_the_synchronous_prompts(clu
     assert len(trained) >= 15
     assert all(math.isfinite(m["is_ratio_mean"]) and m["is_ratio_max"] >= m["is_ratio_mean"] > 0 for m in trained)
     assert all(0.0 <= m["is_truncated"] <= 1.0 for m in trained)
+    # staleness_lr (on by default): the step's learning rate over max(1, the samples' mean version lag)
+    assert all(m["learning_rate"] == pytest.approx(1e-4 / max(1.0, m["version_lag"])) for m in trained)
+    assert sum("learning_rate" in m for m in a.values()) >= 15  # reported for each step that trained
+    assert all(m["learning_rate"] == pytest.approx(1e-4) for m in a.values() if "learning_rate" in m)
     spread = [generate_calls(cluster, r) - before[r] for r in (0, 1)]
     assert min(spread) >= 20, spread  # both replicas pulled chunks (8 per step between them)
 
@@ -77,7 +81,7 @@ def test_pause_and_cancel_take_hold_within_five_seconds(cluster):
 
 def test_lost_rollout_replica_mid_pipeline_loses_and_doubles_no_sample(cluster):
     with Client(cluster.coordinator_address()) as client:
-        j = client.submit(async_job(100000, 2), name="lossy-async")
+        j = client.submit(async_job(100000, 2, staleness_lr="false"), name="lossy-async")
         wait_for_step(client, j.id, 3)
         victim = cluster.process("rollout", 1)
         victim.send_signal(signal.SIGKILL)
@@ -91,6 +95,8 @@ def test_lost_rollout_replica_mid_pipeline_loses_and_doubles_no_sample(cluster):
     assert len(steps) >= at_kill + 6
     assert all(m["samples"] == 32 for m in steps.values())  # 8 prompts x 4 samples, none lost or doubled
     assert all(m["version_lag_max"] <= 2 for m in steps.values())
+    assert all(m["learning_rate"] == pytest.approx(1e-4) for m in steps.values()  # staleness_lr: false
+               if "learning_rate" in m)
 
 
 def test_coordinator_sigkill_resumes_with_the_same_data_and_regenerates_what_was_in_flight(cluster):
