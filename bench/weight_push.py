@@ -1,6 +1,6 @@
 """Weight push over the side channel vs a raw torch.distributed broadcast of the same bytes, same group.
 
-    python bench/weight_push.py
+    python bench/weight_push.py [--buckets-mb 4 32 64 256] [--receivers 1 2] [--no-tiny]
 
 Rank 0 sends, 1 or 2 receiver processes receive (gloo, loopback, 1 thread each). "alignmesh" is the full
 protocol: pack into dtype buckets, checksums, header, broadcast, receiver-side verify + stage + atomic swap into
@@ -15,6 +15,7 @@ default
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import sys
@@ -109,6 +110,11 @@ def _free_port() -> int:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--buckets-mb", type=int, nargs="+", default=[4, 32, 64, 256], help="bucket sizes, 50M model")
+    ap.add_argument("--receivers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--no-tiny", dest="tiny", action="store_false", help="only the 50M model")
+    args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from alignmesh.services.models.tiny import create_model_dir, ensure_default_model
 
@@ -118,9 +124,9 @@ def main() -> None:
         create_model_dir(big, seed=0, hidden=512, layers=12, heads=8, ffn=2048, positions=64)
     rows = [["model", "receivers", "bucket", "MB", "buckets", "raw ms", "alignmesh ms", "raw / alignmesh",
              "steady ms", "raw / steady"]]
-    for name, model, buckets in (("tiny 0.5M", tiny, [1 << 20, 64 << 20]),
-                                 ("llama 50M", str(big), [4 << 20, 32 << 20, 64 << 20, 256 << 20])):
-        for receivers in (1, 2):
+    models = [("tiny 0.5M", tiny, [1 << 20, 64 << 20])] if args.tiny else []
+    for name, model, buckets in models + [("llama 50M", str(big), [mb << 20 for mb in args.buckets_mb])]:
+        for receivers in args.receivers:
             for bucket_bytes, total, n, raw, ours, steady in run(model, receivers, buckets):
                 rows.append([name, str(receivers), f"{bucket_bytes >> 20} MB", f"{total / 1e6:.1f}", str(n),
                              f"{raw * 1e3:.1f}", f"{ours * 1e3:.1f}", f"{raw / ours:.2f}", f"{steady * 1e3:.1f}",
