@@ -95,8 +95,8 @@ def test_lost_rollout_replica_mid_pipeline_loses_and_doubles_no_sample(cluster):
     assert len(steps) >= at_kill + 6
     assert all(m["samples"] == 32 for m in steps.values())  # 8 prompts x 4 samples, none lost or doubled
     assert all(m["version_lag_max"] <= 2 for m in steps.values())
-    assert all(m["learning_rate"] == pytest.approx(1e-4) for m in steps.values()  # staleness_lr: false
-               if "learning_rate" in m)
+    rates = [m["learning_rate"] for m in steps.values() if "learning_rate" in m]
+    assert len(rates) >= 3 and rates == pytest.approx([1e-4] * len(rates))  # staleness_lr: false
 
 
 def test_coordinator_sigkill_resumes_with_the_same_data_and_regenerates_what_was_in_flight(cluster):
