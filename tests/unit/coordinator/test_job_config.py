@@ -26,6 +26,7 @@ CLUSTER = ClusterConfig()
     ("params: {clip_eps_high: -1}\n", r"params.clip_eps_high: must be in"),
     ("max_staleness: 17\n", r"max_staleness: must be in \[0, 16\]"),
     ("staleness_warmup: -1\n", r"staleness_warmup: must be >= 0"),
+    ("staleness_lr: maybe\n", r"staleness_lr: must be true or false"),
     ("algorithm: rloo\nparams: {samples_per_prompt: 1}\n", r"params.samples_per_prompt: must be >= 2"),
     ("algorithm: dpo\nparams: {variant: hinge}\n", r"params.variant: must be one of \['sigmoid', 'ipo'\]"),
     ("algorithm: online_dpo\nparams: {beta: 0}\n", r"params.beta: must be > 0"),
