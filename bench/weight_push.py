@@ -10,7 +10,8 @@ else. "steady" is the trainer's push between training steps: its weights vouched
 (``sender.FiniteSinceChecked``: only optimizer steps with finite gradients changed them since a checked push), so
 the NaN/Inf pass is skipped; "alignmesh" checks every bucket, as the first push after a load does. Models: the tiny
 default
-(0.5M params) and a ~50M-param Llama config, several bucket sizes. Prints time, GB/s and the ratio raw / ours.
+(0.5M params) and a ~50M-param Llama config, several bucket sizes. The three modes alternate push by push; prints
+the median time of each and the median over pushes of the ratio raw / ours (each push against the raw one before it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import table  # noqa: E402
 
-REPEATS = 5
+MODES = ("raw", "alignmesh", "vouched")
 
 
 def _group(rank: int, world: int, port: int, tag: str):
@@ -40,7 +42,7 @@ def _group(rank: int, world: int, port: int, tag: str):
     return SyncGroup(GroupSpec(tag, "127.0.0.1", port, world, rank, "gloo", 120.0))
 
 
-def _worker(rank: int, world: int, port: int, model_dir: str, buckets: list[int], out) -> None:
+def _worker(rank: int, world: int, port: int, model_dir: str, buckets: list[int], repeats: int, out) -> None:
     torch.set_num_threads(1)
     from alignmesh.services.models.loading import load_causal_lm
     from alignmesh.services.sync import buckets as bk
@@ -62,10 +64,9 @@ def _worker(rank: int, world: int, port: int, model_dir: str, buckets: list[int]
         if rank == 0:  # as the trainer does at its first push: parameters in persistent flat buckets
             bk.lay_out([(n, p) for n, p in model.named_parameters() if p.requires_grad], plan)
             named = named_weights(model)
-        results = {}
-        for mode in ("raw", "alignmesh", "vouched"):
-            times = []
-            for rep in range(REPEATS + 1):
+        times: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for rep in range(repeats + 1):  # the modes alternate push by push: a slow second weighs on all three
+            for mode in MODES:
                 group.broadcast(flag)  # line up
                 start = time.perf_counter()
                 if mode == "raw":
@@ -80,19 +81,20 @@ def _worker(rank: int, world: int, port: int, model_dir: str, buckets: list[int]
                     receiver.commit(version)
                 group.broadcast(flag)  # everyone done (receivers verified and swapped)
                 if rep:
-                    times.append(time.perf_counter() - start)
-            results[mode] = sorted(times)[len(times) // 2]
+                    times[mode].append(time.perf_counter() - start)
+        results = {mode: statistics.median(t) for mode, t in times.items()}
+        results["ratios"] = [statistics.median(r / t for r, t in zip(times["raw"], times[mode]))
+                             for mode in ("alignmesh", "vouched")]
         if rank == 0:
-            out.put((bucket_bytes, sum(s.nbytes for s in specs), len(plan), results["raw"], results["alignmesh"],
-                     results["vouched"]))
+            out.put((bucket_bytes, sum(s.nbytes for s in specs), len(plan), results))
 
 
-def run(model_dir: str, receivers: int, buckets: list[int]) -> list:
+def run(model_dir: str, receivers: int, buckets: list[int], repeats: int) -> list:
     port = _free_port()
     store = dist.TCPStore("127.0.0.1", port, None, True, dt.timedelta(seconds=120), wait_for_workers=False)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, receivers + 1, port, model_dir, buckets, out))
+    procs = [ctx.Process(target=_worker, args=(r, receivers + 1, port, model_dir, buckets, repeats, out))
              for r in range(receivers + 1)]
     for p in procs:
         p.start()
@@ -113,6 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--buckets-mb", type=int, nargs="+", default=[4, 32, 64, 256], help="bucket sizes, 50M model")
     ap.add_argument("--receivers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=9, help="pushes per mode and bucket size, after one warm-up")
     ap.add_argument("--no-tiny", dest="tiny", action="store_false", help="only the 50M model")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -127,10 +130,10 @@ def main() -> None:
     models = [("tiny 0.5M", tiny, [1 << 20, 64 << 20])] if args.tiny else []
     for name, model, buckets in models + [("llama 50M", str(big), [mb << 20 for mb in args.buckets_mb])]:
         for receivers in args.receivers:
-            for bucket_bytes, total, n, raw, ours, steady in run(model, receivers, buckets):
+            for bucket_bytes, total, n, t in run(model, receivers, buckets, args.repeats):
                 rows.append([name, str(receivers), f"{bucket_bytes >> 20} MB", f"{total / 1e6:.1f}", str(n),
-                             f"{raw * 1e3:.1f}", f"{ours * 1e3:.1f}", f"{raw / ours:.2f}", f"{steady * 1e3:.1f}",
-                             f"{raw / steady:.2f}"])
+                             f"{t['raw'] * 1e3:.1f}", f"{t['alignmesh'] * 1e3:.1f}", f"{t['ratios'][0]:.2f}",
+                             f"{t['vouched'] * 1e3:.1f}", f"{t['ratios'][1]:.2f}"])
     print(table(rows))
 
 

@@ -18,6 +18,9 @@ from alignmesh.services.common.convert import decode, encode
 from alignmesh.services.sync.convert import group_spec_to_proto
 from alignmesh.services.sync.group import GroupSpec
 
+# Replies of the methods a replica may serve over its same-host socket (``services/common/local_socket.py``).
+LOCAL_REPLIES = {"Generate": rollout_pb2.GenerateResponse.FromString}
+
 FINISH = {rollout_pb2.FINISH_REASON_STOP: "stop", rollout_pb2.FINISH_REASON_LENGTH: "length"}
 
 

@@ -23,6 +23,7 @@ from alignmesh.protos.reward.v1 import reward_pb2_grpc
 from alignmesh.protos.rollout.v1 import rollout_pb2_grpc
 from alignmesh.protos.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from alignmesh.services.common.errors import Aborted, Unavailable
+from alignmesh.services.common.local_socket import TRAILER as LOCAL_TRAILER, LocalSocketClient
 from alignmesh.services.common.server import channel_credentials, grpc_options
 from alignmesh.services.common.settings import SecurityConfig
 
@@ -43,6 +44,8 @@ class Endpoint:
     metadata: tuple = ()
     healthy: bool = True
     fresh: bool = False  # joined a running job and not yet admitted (rollout: not yet holding the job's weights)
+    local: LocalSocketClient | None = None  # the replica's same-host socket, once offered and checked
+    local_offer: str = ""  # the last offer tried (a replica that restarts offers a new one)
 
 
 async def probe(ep: Endpoint, timeout_s: float = 2.0) -> bool:
@@ -87,7 +90,7 @@ class Pool:
     """Replicas of one role. ``call`` runs one RPC on one replica with failover."""
 
     def __init__(self, eps: list[Endpoint], timeout_s: float, retries: int = 3, backoff_s: float = 0.2,
-                 ledger: RpcLedger | None = None):
+                 ledger: RpcLedger | None = None, local_sockets: bool = True):
         if not eps:
             raise ValueError("a pool needs at least one replica")
         self.eps, self.timeout_s, self.retries, self.backoff_s = eps, timeout_s, retries, backoff_s
@@ -96,6 +99,7 @@ class Pool:
         self.retired: list[Endpoint] = []  # removed replicas: their channels close with the pool
         self.turns = None  # colocation.Turns when this role shares its device group: woken before it works
         self._next_replica = len(eps)
+        self.local_sockets = local_sockets  # take a replica's offer of a same-host socket (local_socket.py)
 
     def healthy(self) -> list[Endpoint]:
         up = [e for e in self.eps if e.healthy]
@@ -122,14 +126,45 @@ class Pool:
         raise last
 
     async def _timed(self, ep: Endpoint, method: str, request, timeout_s: float):
-        """One RPC, recorded in the ledger: payload bytes both ways, wall time and the server's handler time."""
+        """One RPC, recorded in the ledger: payload bytes both ways, wall time and the server's handler time. Over
+        the replica's local socket when it offered one for ``method``, else (and when that socket fails) gRPC."""
         start = time.perf_counter()
+        if ep.local is not None and method in ep.local.methods:
+            try:
+                body, handler = await ep.local.call(method, request.SerializeToString(), timeout_s)
+            except ConnectionError as exc:
+                log.info("%s replica %d: local socket failed (%s); back to gRPC", ep.role, ep.replica, exc)
+                local, ep.local = ep.local, None
+                await local.close()
+            else:
+                self.ledger.record(ep.role, request.ByteSize(), len(body), time.perf_counter() - start, handler)
+                return convert.LOCAL_REPLIES[method](body)
+            start = time.perf_counter()
         call = getattr(ep.stub, method)(request, timeout=timeout_s, metadata=ep.metadata)
         response = await call
         wall = time.perf_counter() - start
-        self.ledger.record(ep.role, request.ByteSize(), response.ByteSize(), wall,
-                           handler_seconds(await call.trailing_metadata()))
+        trailers = await call.trailing_metadata()
+        self.ledger.record(ep.role, request.ByteSize(), response.ByteSize(), wall, handler_seconds(trailers))
+        if self.local_sockets and method in convert.LOCAL_REPLIES:
+            await self._take_offer(ep, method, trailers)
         return response
+
+    async def _take_offer(self, ep: Endpoint, method: str, trailers) -> None:
+        offer = next((value for key, value in trailers or () if key == LOCAL_TRAILER), "")
+        if not offer or offer == ep.local_offer:
+            return
+        ep.local_offer = offer
+        try:
+            local = await LocalSocketClient.open(offer, (method,))
+        except (ConnectionError, grpc.aio.AioRpcError) as exc:  # another host, or another user: gRPC it is
+            log.info("%s replica %d: its local socket is out of reach (%s); staying on gRPC", ep.role,
+                     ep.replica, exc)
+            return
+        old, ep.local = ep.local, local
+        if old is not None:
+            await old.close()
+        log.info("%s replica %d (%s): %s goes over its local socket %s", ep.role, ep.replica, ep.address, method,
+                 local.path)
 
     def update(self, addresses: list[str]) -> tuple[list[str], list[str]]:
         """Make the replicas ``addresses``: (added, removed). A new replica starts marked down, so it gets no
@@ -152,6 +187,7 @@ class Pool:
         return [ep.address for ep in added], [ep.address for ep in removed]
 
     async def close(self) -> None:
+        await asyncio.gather(*(e.local.close() for e in self.eps + self.retired if e.local is not None))
         await asyncio.gather(*(e.channel.close() for e in self.eps + self.retired))
 
 
@@ -171,8 +207,9 @@ class RolloutPool(Pool):
     more) and every healthy replica pulls the next chunk when it is free: a slow or added replica changes the
     throughput, never which samples a step gets (chunk ``k`` always carries seed ``seed * 7919 + k``)."""
 
-    def __init__(self, eps, timeout_s, pad_id: int, ledger: RpcLedger | None = None, chunks_per_replica: int = 4):
-        super().__init__(eps, timeout_s, ledger=ledger)
+    def __init__(self, eps, timeout_s, pad_id: int, ledger: RpcLedger | None = None, chunks_per_replica: int = 4,
+                 local_sockets: bool = True):
+        super().__init__(eps, timeout_s, ledger=ledger, local_sockets=local_sockets)
         self.pad_id, self.chunks_per_replica = pad_id, chunks_per_replica
 
     async def generate(self, prompts: list[list[int]], n: int, seed: int, temperature: float = 1.0,
@@ -307,7 +344,8 @@ STUBS = {"rollout": rollout_pb2_grpc.RolloutServiceStub, "reward": reward_pb2_gr
 
 
 def make_pools(addresses: dict[str, list[str]], security: SecurityConfig, timeout_s: float, pad_id: int,
-               ledger: RpcLedger | None = None, authority: Callable[[str], str | None] = lambda address: None):
+               ledger: RpcLedger | None = None, authority: Callable[[str], str | None] = lambda address: None,
+               local_sockets: bool = True):
     """Handles to every role; they share ``ledger`` (the RPC payload accounting). The rollout, reward and
     reference pools can change members while a job runs (``Pool.update``); ``authority(address)`` is the TLS
     name of a member known by a DNS name."""
@@ -318,7 +356,7 @@ def make_pools(addresses: dict[str, list[str]], security: SecurityConfig, timeou
 
     def elastic(cls, role: str, **kwargs) -> Pool:
         pool = cls([connector(role)(i, a) for i, a in enumerate(addresses[role])], timeout_s, ledger=ledger,
-                   **kwargs)
+                   local_sockets=local_sockets, **kwargs)
         pool.connect = connector(role)
         return pool
 

@@ -183,7 +183,8 @@ async def run_job(manager: "JobManager", rec: "JobRecord", control: Control) -> 
                                                              cluster.security,
                                                              cluster.coordinator.rpc_timeout_s,
                                                              int(tokenizer.pad_token_id),
-                                                             authority=manager.membership.authority)
+                                                             authority=manager.membership.authority,
+                                                             local_sockets=cluster.local_sockets)
     environment = (environment_pool(cluster.endpoints["environment"], cluster.security,
                                     cluster.coordinator.rpc_timeout_s, ledger=trainer.ledger)
                    if cluster.endpoints.get("environment") else None)

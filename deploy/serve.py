@@ -134,6 +134,7 @@ def build(role: str, cfg: ClusterConfig) -> Callable[[object], Sequence[str]]:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     register = (lambda server: servicer.add_to_server(svc, server))
     register.close = getattr(be, "close", None)  # backends with processes of their own stop them
+    register.local_methods = svc.local_methods() if hasattr(svc, "local_methods") else None
     return register
 
 
@@ -142,7 +143,7 @@ def run(role: str, cfg: ClusterConfig, port: int, metrics_port: int, host: str |
         port_file: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
     spec = ServeSpec(role=role, host=host or cfg.host, port=port, metrics_port=metrics_port,
-                     security=cfg.security, insecure=insecure, port_file=port_file)
+                     security=cfg.security, insecure=insecure, port_file=port_file, local_socket=cfg.local_sockets)
     check_exposure(spec)  # before the slow part
     threads.apply(default_threads(cfg, role))
     announcer = None

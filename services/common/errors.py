@@ -37,6 +37,12 @@ class ResourceExhausted(AlignmeshError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class DeadlineExceeded(AlignmeshError):
+    """The caller's deadline passed before the work started (it is not started then)."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class Unavailable(AlignmeshError):
     code = "UNAVAILABLE"
 

@@ -75,15 +75,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, role: str):
+    """Counts and times every call; unary replies carry the handler's time in a trailer, plus ``trailers`` of
+    their method (by method name: the local socket's address on the methods it serves)."""
+
+    def __init__(self, role: str, trailers: dict[str, tuple[tuple[str, str], ...]] | None = None):
         self.role = role
+        self.trailers = dict(trailers or {})
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None:
             return None
         method = details.method.rsplit("/", 1)[-1]
-        role = self.role
+        role, extra = self.role, self.trailers.get(method, ())
 
         def record(context, start: float, failed: bool) -> None:
             code = _code_of(context)
@@ -102,7 +106,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     out = await fn(request, context)
                     failed = False
                     # the coordinator subtracts this from its wall time to get the transfer cost of the call
-                    context.set_trailing_metadata(((HANDLER_TRAILER, str(int((time.perf_counter() - start) * 1e6))),))
+                    context.set_trailing_metadata(((HANDLER_TRAILER, str(int((time.perf_counter() - start) * 1e6))),
+                                                   *extra))
                     return out
                 finally:
                     metrics.IN_FLIGHT.labels(role).dec()

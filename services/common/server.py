@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from alignmesh.services.common import metrics
 from alignmesh.services.common.errors import ConfigError
 from alignmesh.services.common.interceptors import ErrorInterceptor, MetricsInterceptor, TokenAuthInterceptor
+from alignmesh.services.common.local_socket import TRAILER, LocalSocketServer
 from alignmesh.services.common.settings import SecurityConfig
 
 log = logging.getLogger("alignmesh.server")
@@ -39,6 +40,7 @@ class ServeSpec:
     grace_s: float = 10.0
     insecure: bool = False  # serve beyond loopback without authentication (an explicit choice)
     port_file: str | None = None  # written with host:port once bound (port 0: a port chosen at start)
+    local_socket: bool = True  # offer same-host callers a Unix socket for the methods a role serves there
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -75,13 +77,23 @@ def channel_credentials(security: SecurityConfig) -> grpc.ChannelCredentials | N
                                         certificate_chain=Path(tls.cert).read_bytes())
 
 
-def build_server(spec: ServeSpec) -> grpc.aio.Server:
-    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(spec.role)]
+def build_server(spec: ServeSpec, local: LocalSocketServer | None = None) -> grpc.aio.Server:
+    trailers = {m: ((TRAILER, local.advertisement),) for m in local.methods} if local is not None else {}
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(spec.role, trailers)]
     token = spec.security.bearer()
     if token:
         interceptors.append(TokenAuthInterceptor(token))
     interceptors.append(ErrorInterceptor())
     return grpc.aio.server(interceptors=interceptors, options=grpc_options(spec.security))
+
+
+def _local_socket(spec: ServeSpec, methods: dict | None) -> LocalSocketServer | None:
+    """The Unix socket same-host callers may use instead of gRPC (``local_socket.py``), when the role has methods
+    for it and the cluster allows it."""
+    if not methods or not spec.local_socket:
+        return None
+    local = LocalSocketServer(spec.role, methods, int(spec.security.max_message_mb * 1024 * 1024))
+    return local if local.start() else None
 
 
 def _health_reporter(role: str, health, names: Sequence[str]) -> Callable[[bool], None]:
@@ -103,7 +115,8 @@ async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[
     requested.
     """
     check_exposure(spec)
-    server = build_server(spec)
+    local = _local_socket(spec, getattr(register, "local_methods", None))
+    server = build_server(spec, local)
     names = list(register(server))
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -134,6 +147,8 @@ async def serve(spec: ServeSpec, register: Callable[[grpc.aio.Server], Sequence[
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("%s: stop requested; NOT_SERVING, draining for up to %.0fs", spec.role, spec.grace_s)
+    if local is not None:
+        local.stop()
     await health.enter_graceful_shutdown()
     if lifecycle is not None:
         await lifecycle.stopping()

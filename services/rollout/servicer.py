@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+from google.protobuf.message import DecodeError
 
 from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
+from alignmesh.services.common.errors import DeadlineExceeded, InvalidArgument
 from alignmesh.services.common.sleep_servicer import SleepWakeMixin
 from alignmesh.services.common.threads import ComputeThread
 from alignmesh.services.rollout import convert
@@ -29,6 +33,22 @@ class RolloutServicer(WeightControlMixin, SleepWakeMixin, rollout_pb2_grpc.Rollo
         params = convert.sampling_from_proto(request.sampling)
         convert.check_budget(prompts, params, self.context)
         return convert.generation_to_proto(self.backend.generate(prompts, params))
+
+    def local_methods(self) -> dict:
+        """What a same-host caller may call over the local socket (``services/common/local_socket.py``)."""
+        return {"Generate": self._generate_local}
+
+    def _generate_local(self, payload: bytes, deadline: float | None) -> bytes:
+        try:
+            request = rollout_pb2.GenerateRequest.FromString(payload)
+        except DecodeError as exc:
+            raise InvalidArgument("request", f"not a serialized GenerateRequest ({exc})") from exc
+        return self.compute.call(self._generate_by, request, deadline).SerializeToString()
+
+    def _generate_by(self, request, deadline: float | None) -> rollout_pb2.GenerateResponse:
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("Generate: the caller's deadline passed while the call waited for the model")
+        return self._generate(request)
 
 
 def add_to_server(servicer: RolloutServicer, server) -> list[str]:

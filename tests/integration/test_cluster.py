@@ -221,6 +221,60 @@ def test_metrics_count_rpcs_and_errors(cluster):
     assert metric_value(scrape(mport(cluster, "rollout")), "alignmesh_serving", role="rollout") == 1
 
 
+def test_the_coordinator_generates_over_the_replicas_local_socket_with_the_same_samples_checks_and_metrics(
+        cluster, tiny_model_dir):
+    """A rollout replica offers its same-host socket in a trailer; the coordinator's pool takes it after the first
+    call, gets the very samples gRPC gives for the same seed, and bad input still comes back INVALID_ARGUMENT
+    naming the field. The replica counts those calls as it counts gRPC ones."""
+    import asyncio
+
+    from alignmesh.coordinator.handles import RolloutPool, endpoints
+    from alignmesh.services.common.local_socket import TRAILER
+    from alignmesh.services.common.settings import SecurityConfig
+
+    tok = load_tokenizer(tiny_model_dir)
+    prompts = [tok(f"{i}+{2 * i}=")["input_ids"] for i in range(6)]
+    address = addr(cluster, "rollout", 1)
+    text = scrape(mport(cluster, "rollout", 1))
+    ok_before = metric_value(text, "alignmesh_rpc_total", role="rollout", method="Generate", code="OK")
+    bad_before = metric_value(text, "alignmesh_rpc_errors_total", role="rollout", method="Generate",
+                              code="INVALID_ARGUMENT")
+
+    async def generate(local: bool):
+        pool = RolloutPool(endpoints("rollout", [address], SecurityConfig(), rollout_pb2_grpc.RolloutServiceStub),
+                           30, 0, local_sockets=local)
+        try:
+            outs = [await pool.generate(prompts, 2, seed, max_new_tokens=4) for seed in (5, 6, 7)]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await pool.call("Generate", convert_request([[1, 4, 99]]))  # 99: outside the vocabulary
+            return outs, pool.eps[0].local, err.value
+        finally:
+            await pool.close()
+
+    grpc_outs, no_socket, _ = asyncio.run(generate(False))
+    local_outs, socket_client, err = asyncio.run(generate(True))
+    assert no_socket is None and socket_client is not None  # took the offer after its first call
+    for a, b in zip(grpc_outs, local_outs):
+        assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.lengths, b.lengths)
+        assert torch.equal(a.logprobs, b.logprobs)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "prompt_ids" in err.details()
+    with grpc.insecure_channel(address) as ch:
+        _, call = rollout_pb2_grpc.RolloutServiceStub(ch).Generate.with_call(
+            convert_request(prompts), timeout=30)
+    assert dict(call.trailing_metadata())[TRAILER] == f"{socket_client.path}|{socket_client.instance}"
+    text = scrape(mport(cluster, "rollout", 1))
+    # 3 + 3 generates and the trailer check; the bad call once on each road
+    assert metric_value(text, "alignmesh_rpc_total", role="rollout", method="Generate", code="OK") - ok_before == 7
+    assert metric_value(text, "alignmesh_rpc_errors_total", role="rollout", method="Generate",
+                        code="INVALID_ARGUMENT") - bad_before == 2
+
+
+def convert_request(prompts):
+    from alignmesh.coordinator.convert import generate_request
+
+    return generate_request(prompts, 0, 1, 1, 1.0, 1.0, 2, False)
+
+
 def test_sigterm_stops_every_process_gracefully(cluster):
     procs = list(cluster._procs)
     cluster.stop()

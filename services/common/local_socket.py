@@ -1,0 +1,251 @@
+"""Unary calls over a Unix socket, for a caller on the same host: the same request and response messages as the
+gRPC method, without gRPC's per-call cost.
+
+Measured on a 2-core CPU host, a gRPC-Python call whose handler takes ~18 ms costs ~1 ms more than the handler
+(thread hand-offs in the client, the server's poller and event loop); a blocking Unix-socket round trip costs
+~0.2 ms. The coordinator's generate calls to a rollout replica on its own host use this road once the replica
+offers it; everything else (health, weights, sleep) stays on gRPC.
+
+Discovery: the server names its socket (a fresh 0700 directory, a random instance id) in a trailer of the gRPC
+method's replies (``TRAILER``: ``"<path>|<instance>"``); a client that can open that path, finds it owned by its
+own user and is greeted with the same instance id, sends later calls of that method there.
+
+Trust: only processes of the server's own user connect (the directory's mode, and ``SO_PEERCRED`` checked on
+every connection): the same bar as the user's own files. A request is decoded and checked exactly as on gRPC.
+
+Frames, big-endian. Request: ``MAGIC, u16 method length, u32 payload length, u64 deadline (µs from receipt, 0:
+none)``, the method name, the serialized request. An empty method name is the greeting, answered with the
+instance id. Reply: ``MAGIC, u8 status code (grpc.StatusCode value), u32 payload length, u64 handler µs``, then
+the serialized response (OK) or the error details (utf-8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import stat
+import struct
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import grpc
+
+from alignmesh.services.common import metrics
+from alignmesh.services.common.errors import AlignmeshError
+
+log = logging.getLogger("alignmesh.local_socket")
+TRAILER = "alignmesh-local-socket"
+MAGIC = b"AML1"
+REQUEST = struct.Struct("!4sHIQ")
+REPLY = struct.Struct("!4sBIQ")
+MAX_PATH = 100  # sun_path holds 108 bytes on Linux
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+# A method served here: request bytes and the deadline (monotonic seconds, or None) -> response bytes. It raises
+# AlignmeshError for bad input (the same checks as the gRPC method), anything else is INTERNAL.
+Method = Callable[[bytes, "float | None"], bytes]
+
+
+class FrameError(Exception):
+    """A peer that does not speak this protocol, or sent more than the size limit: its connection is closed."""
+
+
+def _read_exact(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+@dataclass
+class LocalSocketServer:
+    """Serves ``methods`` on a Unix socket, one thread per connection (the coordinator keeps its connections)."""
+
+    role: str
+    methods: dict[str, Method]
+    max_bytes: int
+    instance: str = field(default_factory=lambda: os.urandom(8).hex())
+    path: Path | None = None
+    _listener: socket.socket | None = None
+    _stopping: bool = False
+
+    def start(self) -> bool:
+        """Bind and listen; False (and gRPC only) when no short enough private path can be made."""
+        directory = Path(tempfile.mkdtemp(prefix="alignmesh-"))  # mode 0700: only this user gets in
+        path = directory / f"{self.role}-{self.instance}.sock"
+        if len(str(path)) > MAX_PATH:
+            log.warning("local socket %s: path too long for a Unix socket; calls stay on gRPC", path)
+            directory.rmdir()
+            return False
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        os.chmod(path, 0o600)
+        listener.listen(16)
+        self.path, self._listener = path, listener
+        threading.Thread(target=self._accept, name=f"{self.role}-local-accept", daemon=True).start()
+        log.info("%s: same-host callers may use %s", self.role, path)
+        return True
+
+    @property
+    def advertisement(self) -> str:
+        return f"{self.path}|{self.instance}"
+
+    def stop(self) -> None:
+        """No new calls (those that arrive get UNAVAILABLE: the caller goes back to gRPC); calls being served
+        finish and send their replies."""
+        self._stopping = True
+        if self._listener is not None:
+            self._listener.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            if _peer_uid(conn) != os.getuid():
+                log.warning("%s: refused a local connection from another user", self.role)
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name=f"{self.role}-local", daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                while True:
+                    magic, name_len, size, deadline_us = REQUEST.unpack(_read_exact(conn, REQUEST.size))
+                    if magic != MAGIC or size > self.max_bytes or name_len > 256:
+                        raise FrameError(f"bad frame (magic {magic!r}, {size} bytes)")
+                    received = time.monotonic()
+                    method = _read_exact(conn, name_len).decode("ascii", "replace")
+                    payload = _read_exact(conn, size)
+                    deadline = received + deadline_us / 1e6 if deadline_us else None
+                    code, body, handler_us = self._dispatch(method, payload, deadline)
+                    conn.sendall(REPLY.pack(MAGIC, code.value[0], len(body), handler_us) + body)
+            except (EOFError, ConnectionError):
+                return
+            except FrameError as exc:
+                log.warning("%s: closing a local connection: %s", self.role, exc)
+
+    def _dispatch(self, method: str, payload: bytes, deadline: float | None) -> tuple[grpc.StatusCode, bytes, int]:
+        if method == "":
+            return grpc.StatusCode.OK, self.instance.encode(), 0
+        if self._stopping:
+            return grpc.StatusCode.UNAVAILABLE, b"stopping: call again over gRPC", 0
+        fn = self.methods.get(method)
+        if fn is None:
+            return grpc.StatusCode.UNIMPLEMENTED, f"method {method!r} is not served on this socket".encode(), 0
+        start = time.perf_counter()
+        metrics.IN_FLIGHT.labels(self.role).inc()
+        code, body = grpc.StatusCode.OK, b""
+        try:
+            body = fn(payload, deadline)
+        except AlignmeshError as exc:
+            code, body = getattr(grpc.StatusCode, exc.code), str(exc).encode()
+        except Exception as exc:  # noqa: BLE001  (the one place this transport turns errors into codes)
+            log.error("INTERNAL in %s (local socket)", method, exc_info=exc)
+            code, body = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}".encode()
+        finally:
+            metrics.IN_FLIGHT.labels(self.role).dec()
+        elapsed = time.perf_counter() - start
+        metrics.RPC_TOTAL.labels(self.role, method, code.name).inc()
+        metrics.RPC_LATENCY.labels(self.role, method).observe(elapsed)
+        if code != grpc.StatusCode.OK:
+            metrics.RPC_ERRORS.labels(self.role, method, code.name).inc()
+        return code, body, int(elapsed * 1e6)
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """The error a gRPC call with this outcome raises, so that callers handle both roads alike."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+class LocalSocketClient:
+    """Calls a ``LocalSocketServer`` from asyncio; one connection per call in flight, kept for the next call.
+
+    ``call`` raises ``grpc.aio.AioRpcError`` with the server's status, DEADLINE_EXCEEDED when ``timeout_s`` passes
+    (the connection is dropped: a late reply is never read as another call's), and ``ConnectionError`` when the
+    socket itself fails (the caller goes back to gRPC)."""
+
+    def __init__(self, path: str, instance: str, methods: tuple[str, ...]):
+        self.path, self.instance, self.methods = path, instance, methods
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    @classmethod
+    async def open(cls, advertisement: str, methods: tuple[str, ...], timeout_s: float = 2.0) -> "LocalSocketClient":
+        """Connect to an advertised socket after checking that it is ours: a socket file owned by this user, and
+        a greeting with the advertised instance id. ConnectionError otherwise."""
+        path, _, instance = advertisement.partition("|")
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            raise ConnectionError(f"{path}: {exc}") from exc
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+            raise ConnectionError(f"{path}: not a socket of this user")
+        client = cls(path, instance, methods)
+        code, greeting, _ = await client._round_trip("", b"", timeout_s)
+        if code != grpc.StatusCode.OK or greeting.decode("utf-8", "replace") != instance:
+            await client.close()
+            raise ConnectionError(f"{path}: another server answers there (instance {greeting!r})")
+        return client
+
+    async def call(self, method: str, payload: bytes, timeout_s: float) -> tuple[bytes, float]:
+        """(response bytes, the server's handler seconds)."""
+        code, body, handler_us = await self._round_trip(method, payload, timeout_s)
+        if code != grpc.StatusCode.OK:
+            raise rpc_error(code, body.decode("utf-8", "replace"))
+        return body, handler_us / 1e6
+
+    async def _round_trip(self, method: str, payload: bytes, timeout_s: float):
+        try:
+            reader, writer = self._idle.pop() if self._idle else await asyncio.open_unix_connection(self.path)
+        except OSError as exc:
+            raise ConnectionError(f"{self.path}: {exc}") from exc
+        try:
+            head = REQUEST.pack(MAGIC, len(method), len(payload), int(timeout_s * 1e6))
+            writer.write(head + method.encode("ascii") + payload)
+            reply = await asyncio.wait_for(self._reply(reader, writer), timeout_s)
+        except asyncio.TimeoutError:
+            writer.close()
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"{method}: no reply within {timeout_s:.1f}s")
+        except (asyncio.IncompleteReadError, OSError, FrameError) as exc:
+            writer.close()
+            raise ConnectionError(f"{self.path}: {exc}") from exc
+        except BaseException:  # cancelled mid-call: the reply may still come, so this connection is done
+            writer.close()
+            raise
+        self._idle.append((reader, writer))
+        return reply
+
+    @staticmethod
+    async def _reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        await writer.drain()
+        magic, code, size, handler_us = REPLY.unpack(await reader.readexactly(REPLY.size))
+        if magic != MAGIC or code not in _CODES:
+            raise FrameError(f"bad reply frame (magic {magic!r}, code {code})")
+        return _CODES[code], await reader.readexactly(size), handler_us
+
+    async def close(self) -> None:
+        while self._idle:
+            _, writer = self._idle.pop()
+            writer.close()

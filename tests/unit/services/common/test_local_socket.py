@@ -1,0 +1,172 @@
+"""The same-host socket transport: real Unix sockets, a real server thread, the asyncio client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+
+import grpc
+import pytest
+
+from alignmesh.services.common import metrics
+from alignmesh.services.common.errors import InvalidArgument
+from alignmesh.services.common.local_socket import MAGIC, REQUEST, LocalSocketClient, LocalSocketServer
+
+
+def _echo(payload: bytes, deadline) -> bytes:
+    return payload[::-1]
+
+
+def _bad(payload: bytes, deadline) -> bytes:
+    raise InvalidArgument("prompt_ids", "token 99 is outside the vocabulary (size 20)")
+
+
+def _broken(payload: bytes, deadline) -> bytes:
+    raise KeyError("boom")
+
+
+def _slow(payload: bytes, deadline) -> bytes:
+    time.sleep(1.0)
+    return b"late"
+
+
+@pytest.fixture
+def server():
+    s = LocalSocketServer("testrole", {"Echo": _echo, "Bad": _bad, "Broken": _broken, "Slow": _slow}, max_bytes=1024)
+    assert s.start()
+    yield s
+    s.stop()
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def _total(method: str, code: str) -> float:
+    return metrics.RPC_TOTAL.labels("testrole", method, code)._value.get()
+
+
+def test_round_trip_returns_the_reply_the_handler_time_and_counts_the_call(server):
+    before = _total("Echo", "OK")
+
+    async def go():
+        client = await LocalSocketClient.open(server.advertisement, ("Echo",))
+        out = [await client.call("Echo", b"abc%d" % i, 5.0) for i in range(3)]
+        await client.close()
+        return out
+
+    out = _run(go())
+    assert [body for body, _ in out] == [b"0cba", b"1cba", b"2cba"]
+    assert all(0 <= handler < 1.0 for _, handler in out)
+    assert _total("Echo", "OK") == before + 3
+    assert oct(os.stat(server.path).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(server.path.parent).st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.parametrize("method,code,text", [
+    ("Bad", grpc.StatusCode.INVALID_ARGUMENT, "prompt_ids: token 99 is outside the vocabulary"),
+    ("Broken", grpc.StatusCode.INTERNAL, "KeyError"),
+    ("Nope", grpc.StatusCode.UNIMPLEMENTED, "'Nope' is not served"),
+])
+def test_errors_arrive_as_the_status_a_grpc_call_would_raise(server, method, code, text):
+    async def go():
+        client = await LocalSocketClient.open(server.advertisement, (method,))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.call(method, b"x", 5.0)
+        body, _ = await client.call("Echo", b"ok", 5.0)  # the connection is still good
+        await client.close()
+        return err.value, body
+
+    err, body = _run(go())
+    assert err.code() == code and text in err.details()
+    assert body == b"ko"
+
+
+def test_a_deadline_ends_the_call_in_time_and_the_next_call_is_not_handed_the_late_reply(server):
+    async def go():
+        client = await LocalSocketClient.open(server.advertisement, ("Slow", "Echo"))
+        start = time.perf_counter()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.call("Slow", b"", 0.2)
+        waited = time.perf_counter() - start
+        body, _ = await client.call("Echo", b"next", 5.0)
+        await client.close()
+        return err.value, waited, body
+
+    err, waited, body = _run(go())
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert waited < 0.8
+    assert body == b"txen"
+
+
+def test_a_stopped_server_is_a_connection_error_and_leaves_no_socket_behind(server):
+    async def go():
+        client = await LocalSocketClient.open(server.advertisement, ("Echo",))
+        await client.call("Echo", b"a", 5.0)
+        server.stop()
+        with pytest.raises(ConnectionError):  # the kept connection: the server says stopping or hangs up
+            try:
+                await client.call("Echo", b"b", 5.0)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                raise ConnectionError("stopping") from exc
+        with pytest.raises(ConnectionError):
+            await LocalSocketClient.open(server.advertisement, ("Echo",))
+
+    _run(go())
+    assert not server.path.exists() and not server.path.parent.exists()
+
+
+def test_open_refuses_another_instance_and_a_path_that_is_not_a_socket(server, tmp_path):
+    path, _, instance = server.advertisement.partition("|")
+    with pytest.raises(ConnectionError, match="another server"):
+        _run(LocalSocketClient.open(f"{path}|{'0' * len(instance)}", ("Echo",)))
+    plain = tmp_path / "plain"
+    plain.write_text("not a socket")
+    with pytest.raises(ConnectionError, match="not a socket"):
+        _run(LocalSocketClient.open(f"{plain}|{instance}", ("Echo",)))
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    conn.settimeout(5)
+    try:
+        return conn.recv(16) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_frame_over_the_size_limit_closes_the_connection_without_a_call(server):
+    before = _total("Echo", "OK")
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(server.path))
+        conn.sendall(REQUEST.pack(MAGIC, 4, 4096, 0) + b"Echo")
+        assert _hung_up(conn)
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(server.path))
+        conn.sendall(struct.pack("!4sHIQ", b"HTTP", 0, 0, 0))
+        assert _hung_up(conn)
+    assert _total("Echo", "OK") == before
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
+def test_another_user_is_refused_even_when_the_file_modes_let_it_in(server):
+    os.chmod(server.path.parent, 0o755)
+    os.chmod(server.path, 0o777)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: become nobody, connect, report what came back
+        try:
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.connect(str(server.path))
+                conn.sendall(REQUEST.pack(MAGIC, 0, 0, 0))
+                refused = _hung_up(conn)
+            os.write(write, b"refused" if refused else b"answered")
+        except OSError as exc:
+            os.write(write, f"error {exc}".encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 100) == b"refused"
