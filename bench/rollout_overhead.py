@@ -64,10 +64,10 @@ def main() -> None:
             got = rollouts_from_proto(GenerateResponse.FromString(loop.run_until_complete(
                 sock.call("Generate", payload, 60))[0]))
             assert float(got.lengths.sum()) == tokens
-            times, ratios = paired({"in-process": lambda: local.generate(prompts, params),
-                                    "gRPC": lambda: stub.Generate(req, timeout=60),
-                                    "local socket": lambda: loop.run_until_complete(sock.call("Generate", payload, 60))},
-                                   args.rounds, args.repeats)
+            sides = {"in-process": lambda: local.generate(prompts, params),
+                     "gRPC": lambda: stub.Generate(req, timeout=60),
+                     "local socket": lambda: loop.run_until_complete(sock.call("Generate", payload, 60))}
+            times, ratios = paired(sides, args.rounds, args.repeats)
             handler = statistics.median(handler_time(stub, req) for _ in range(args.repeats))
             rows.append([str(batch), f"{tokens / times['in-process']:,.0f}", f"{tokens / times['gRPC']:,.0f}",
                          _spread(ratios["gRPC"]), _spread(ratios["local socket"]),

@@ -192,7 +192,8 @@ class LocalSocketClient:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     @classmethod
-    async def open(cls, advertisement: str, methods: tuple[str, ...], timeout_s: float = 2.0) -> "LocalSocketClient":
+    async def open(cls, advertisement: str, methods: tuple[str, ...],
+                   timeout_s: float = 2.0) -> "LocalSocketClient":
         """Connect to an advertised socket after checking that it is ours: a socket file owned by this user, and
         a greeting with the advertised instance id. ConnectionError otherwise."""
         path, _, instance = advertisement.partition("|")

@@ -35,7 +35,8 @@ def _slow(payload: bytes, deadline) -> bytes:
 
 @pytest.fixture
 def server():
-    s = LocalSocketServer("testrole", {"Echo": _echo, "Bad": _bad, "Broken": _broken, "Slow": _slow}, max_bytes=1024)
+    methods = {"Echo": _echo, "Bad": _bad, "Broken": _broken, "Slow": _slow}
+    s = LocalSocketServer("testrole", methods, max_bytes=1024)
     assert s.start()
     yield s
     s.stop()
