@@ -19,7 +19,8 @@ from alignmesh.services.sync.convert import group_spec_to_proto
 from alignmesh.services.sync.group import GroupSpec
 
 # Replies of the methods a replica may serve over its same-host socket (``services/common/local_socket.py``).
-LOCAL_REPLIES = {"Generate": rollout_pb2.GenerateResponse.FromString}
+LOCAL_REPLIES = {"Generate": rollout_pb2.GenerateResponse.FromString,
+                 "ComputeLogProbs": reference_pb2.LogProbsResponse.FromString}
 
 FINISH = {rollout_pb2.FINISH_REASON_STOP: "stop", rollout_pb2.FINISH_REASON_LENGTH: "length"}
 

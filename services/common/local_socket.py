@@ -3,8 +3,9 @@ gRPC method, without gRPC's per-call cost.
 
 Measured on a 2-core CPU host, a gRPC-Python call whose handler takes ~18 ms costs ~1 ms more than the handler
 (thread hand-offs in the client, the server's poller and event loop); a blocking Unix-socket round trip costs
-~0.2 ms. The coordinator's generate calls to a rollout replica on its own host use this road once the replica
-offers it; everything else (health, weights, sleep) stays on gRPC.
+~0.2 ms. The coordinator's per-step calls to a replica on its own host (rollout ``Generate``, reference
+``ComputeLogProbs``) use this road once the replica offers it; everything else (health, weights, sleep) stays on
+gRPC.
 
 Discovery: the server names its socket (a fresh 0700 directory, a random instance id) in a trailer of the gRPC
 method's replies (``TRAILER``: ``"<path>|<instance>"``); a client that can open that path, finds it owned by its
@@ -35,9 +36,10 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from alignmesh.services.common import metrics
-from alignmesh.services.common.errors import AlignmeshError
+from alignmesh.services.common.errors import AlignmeshError, DeadlineExceeded, InvalidArgument
 
 log = logging.getLogger("alignmesh.local_socket")
 TRAILER = "alignmesh-local-socket"
@@ -54,6 +56,20 @@ Method = Callable[[bytes, "float | None"], bytes]
 
 class FrameError(Exception):
     """A peer that does not speak this protocol, or sent more than the size limit: its connection is closed."""
+
+
+def parse(message_cls, payload: bytes):
+    """A request message from a local call's payload; INVALID_ARGUMENT when it is not one."""
+    try:
+        return message_cls.FromString(payload)
+    except DecodeError as exc:
+        raise InvalidArgument("request", f"not a serialized {message_cls.__name__} ({exc})") from exc
+
+
+def check_deadline(deadline: float | None, method: str) -> None:
+    """Before the work starts: a call whose caller has given up is not started."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded(f"{method}: the caller's deadline passed before the call started")
 
 
 def _read_exact(conn: socket.socket, n: int) -> bytes:

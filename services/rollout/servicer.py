@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
-from google.protobuf.message import DecodeError
 
 from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
-from alignmesh.services.common.errors import DeadlineExceeded, InvalidArgument
+from alignmesh.services.common.local_socket import check_deadline, parse
 from alignmesh.services.common.sleep_servicer import SleepWakeMixin
 from alignmesh.services.common.threads import ComputeThread
 from alignmesh.services.rollout import convert
@@ -39,16 +36,9 @@ class RolloutServicer(WeightControlMixin, SleepWakeMixin, rollout_pb2_grpc.Rollo
         return {"Generate": self._generate_local}
 
     def _generate_local(self, payload: bytes, deadline: float | None) -> bytes:
-        try:
-            request = rollout_pb2.GenerateRequest.FromString(payload)
-        except DecodeError as exc:
-            raise InvalidArgument("request", f"not a serialized GenerateRequest ({exc})") from exc
-        return self.compute.call(self._generate_by, request, deadline).SerializeToString()
-
-    def _generate_by(self, request, deadline: float | None) -> rollout_pb2.GenerateResponse:
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineExceeded("Generate: the caller's deadline passed while the call waited for the model")
-        return self._generate(request)
+        request = parse(rollout_pb2.GenerateRequest, payload)
+        check_deadline(deadline, "Generate")
+        return self.compute.call(self._generate, request).SerializeToString()
 
 
 def add_to_server(servicer: RolloutServicer, server) -> list[str]:

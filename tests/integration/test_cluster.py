@@ -269,6 +269,34 @@ def test_the_coordinator_generates_over_the_replicas_local_socket_with_the_same_
                         code="INVALID_ARGUMENT") - bad_before == 2
 
 
+def test_the_reference_answers_over_its_local_socket_with_the_same_logprobs(cluster):
+    import asyncio
+
+    from alignmesh.coordinator.handles import ReferencePool, endpoints
+    from alignmesh.services.common.settings import SecurityConfig
+
+    ids = torch.tensor([[1, 4, 5, 13, 6, 14, 8, 2], [1, 4, 13, 5, 14, 6, 2, 0]])
+    mask = (ids != 0).long()
+
+    async def logprobs():
+        pool = ReferencePool(endpoints("reference", [addr(cluster, "reference")], SecurityConfig(),
+                                       reference_pb2_grpc.ReferenceServiceStub), 30)
+        try:
+            first = await pool.logprobs(ids, mask)  # over gRPC: the reply offers the socket
+            taken = pool.eps[0].local
+            second = await pool.logprobs(ids, mask)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await pool.call("ComputeLogProbs", reference_pb2.LogProbsRequest(
+                    input_ids=encode(ids), attention_mask=encode(mask[:1])))
+            return first, second, taken, err.value
+        finally:
+            await pool.close()
+
+    first, second, taken, err = asyncio.run(logprobs())
+    assert taken is not None and torch.equal(first, second)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "attention_mask" in err.details()
+
+
 def convert_request(prompts):
     from alignmesh.coordinator.convert import generate_request
 
