@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,7 +50,7 @@ def main() -> None:
     proc, address = start_service("rollout", model, threads=1)
     stub = rollout_pb2_grpc.RolloutServiceStub(grpc.insecure_channel(address))
     rows = [["batch", "in-process tok/s", "gRPC tok/s", "gRPC / in-process", "local socket / in-process",
-             "handler - in-process ms", "wall - handler ms"]]
+             "handler - in-process ms", "gRPC: wall - handler ms", "local socket: wall - handler ms"]]
     loop = asyncio.new_event_loop()
     try:
         for batch in (1, 8, 64):
@@ -69,9 +70,13 @@ def main() -> None:
                      "local socket": lambda: loop.run_until_complete(sock.call("Generate", payload, 60))}
             times, ratios = paired(sides, args.rounds, args.repeats)
             handler = statistics.median(handler_time(stub, req) for _ in range(args.repeats))
+            grpc_cost = statistics.median(call_cost(lambda: grpc_call(stub, req)) for _ in range(args.repeats))
+            local_cost = statistics.median(call_cost(lambda: loop.run_until_complete(sock.call("Generate", payload, 60)))
+                                           for _ in range(args.repeats))
             rows.append([str(batch), f"{tokens / times['in-process']:,.0f}", f"{tokens / times['gRPC']:,.0f}",
                          _spread(ratios["gRPC"]), _spread(ratios["local socket"]),
-                         f"{(handler - times['in-process']) * 1e3:.2f}", f"{(times['gRPC'] - handler) * 1e3:.2f}"])
+                         f"{(handler - times['in-process']) * 1e3:.2f}", f"{grpc_cost * 1e3:.2f}",
+                         f"{local_cost * 1e3:.2f}"])
             loop.run_until_complete(sock.close())
     finally:
         proc.terminate()
@@ -106,6 +111,21 @@ def paired(sides: dict, rounds: int, repeats: int) -> tuple[dict[str, float], di
     base = times["in-process"]
     ratios = {name: [b / t for b, t in zip(base, ts)] for name, ts in times.items()}
     return {name: statistics.median(ts) for name, ts in times.items()}, ratios
+
+
+def call_cost(call) -> float:
+    """One call's wall time minus the server's own time in its handler (the transport's cost), in seconds;
+    ``call`` returns (anything, handler seconds)."""
+    start = time.perf_counter()
+    _, handler = call()
+    return time.perf_counter() - start - handler
+
+
+def grpc_call(stub, req):
+    from alignmesh.services.common.interceptors import HANDLER_TRAILER
+
+    _, call = stub.Generate.with_call(req, timeout=60)
+    return None, int(dict(call.trailing_metadata())[HANDLER_TRAILER]) / 1e6
 
 
 def handler_time(stub, req) -> float:
