@@ -164,7 +164,7 @@ class Pool:
         if old is not None:
             await old.close()
         log.info("%s replica %d (%s): %s goes over its local socket %s", ep.role, ep.replica, ep.address, method,
-                 local.path)
+                 local.name)
 
     def update(self, addresses: list[str]) -> tuple[list[str], list[str]]:
         """Make the replicas ``addresses``: (added, removed). A new replica starts marked down, so it gets no

@@ -7,12 +7,14 @@ Measured on a 2-core CPU host, a gRPC-Python call whose handler takes ~18 ms cos
 ``ComputeLogProbs``) use this road once the replica offers it; everything else (health, weights, sleep) stays on
 gRPC.
 
-Discovery: the server names its socket (a fresh 0700 directory, a random instance id) in a trailer of the gRPC
-method's replies (``TRAILER``: ``"<path>|<instance>"``); a client that can open that path, finds it owned by its
-own user and is greeted with the same instance id, sends later calls of that method there.
+Discovery: the server listens on a Linux abstract socket named after its role and a random instance id (no file:
+the kernel frees the name when the process exits, even on SIGKILL; only processes in the same network namespace
+see it) and names it in a trailer of the gRPC method's replies (``TRAILER``: ``"@<name>|<instance>"``). A client
+that reaches that name, finds a server of its own user there and is greeted with the same instance id sends later
+calls of that method there.
 
-Trust: only processes of the server's own user connect (the directory's mode, and ``SO_PEERCRED`` checked on
-every connection): the same bar as the user's own files. A request is decoded and checked exactly as on gRPC.
+Trust: each side checks the other's user (``SO_PEERCRED``) on every connection: only processes of the server's
+own user get in. A request is decoded and checked exactly as on gRPC. Linux only (elsewhere: gRPC only).
 
 Frames, big-endian. Request: ``MAGIC, u16 method length, u32 payload length, u64 deadline (µs from receipt, 0:
 none)``, the method name, the serialized request. An empty method name is the greeting, answered with the
@@ -26,13 +28,11 @@ import asyncio
 import logging
 import os
 import socket
-import stat
 import struct
-import tempfile
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import grpc
@@ -46,7 +46,6 @@ TRAILER = "alignmesh-local-socket"
 MAGIC = b"AML1"
 REQUEST = struct.Struct("!4sHIQ")
 REPLY = struct.Struct("!4sBIQ")
-MAX_PATH = 100  # sun_path holds 108 bytes on Linux
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 # A method served here: request bytes and the deadline (monotonic seconds, or None) -> response bytes. It raises
@@ -82,6 +81,13 @@ def _read_exact(conn: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+def _address(name: str) -> str:
+    """An abstract socket's address: "@name" -> "\\0name"."""
+    if not name.startswith("@") or len(name) > 100:
+        raise ConnectionError(f"{name[:40]!r}: not an abstract socket name")
+    return "\0" + name[1:]
+
+
 def _peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[1]
@@ -95,43 +101,37 @@ class LocalSocketServer:
     methods: dict[str, Method]
     max_bytes: int
     instance: str = field(default_factory=lambda: os.urandom(8).hex())
-    path: Path | None = None
+    name: str = ""  # the abstract socket's name ("@" for the leading NUL byte)
     _listener: socket.socket | None = None
     _stopping: bool = False
 
     def start(self) -> bool:
-        """Bind and listen; False (and gRPC only) when no short enough private path can be made."""
-        directory = Path(tempfile.mkdtemp(prefix="alignmesh-"))  # mode 0700: only this user gets in
-        path = directory / f"{self.role}-{self.instance}.sock"
-        if len(str(path)) > MAX_PATH:
-            log.warning("local socket %s: path too long for a Unix socket; calls stay on gRPC", path)
-            directory.rmdir()
+        """Listen; False (and gRPC only) off Linux, where there are no abstract sockets or SO_PEERCRED."""
+        if not sys.platform.startswith("linux"):
             return False
+        name = f"@alignmesh-{self.role}-{self.instance}"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
-        os.chmod(path, 0o600)
+        listener.bind(_address(name))
         listener.listen(16)
-        self.path, self._listener = path, listener
+        self.name, self._listener = name, listener
         threading.Thread(target=self._accept, name=f"{self.role}-local-accept", daemon=True).start()
-        log.info("%s: same-host callers may use %s", self.role, path)
+        log.info("%s: same-host callers may use the local socket %s", self.role, name)
         return True
 
     @property
     def advertisement(self) -> str:
-        return f"{self.path}|{self.instance}"
+        return f"{self.name}|{self.instance}"
 
     def stop(self) -> None:
         """No new calls (those that arrive get UNAVAILABLE: the caller goes back to gRPC); calls being served
-        finish and send their replies."""
+        finish and send their replies. The name is free once the listener is closed."""
         self._stopping = True
         if self._listener is not None:
-            self._listener.close()
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
             try:
-                self.path.parent.rmdir()
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread
             except OSError:
                 pass
+            self._listener.close()
 
     def _accept(self) -> None:
         while not self._stopping:
@@ -203,27 +203,24 @@ class LocalSocketClient:
     (the connection is dropped: a late reply is never read as another call's), and ``ConnectionError`` when the
     socket itself fails (the caller goes back to gRPC)."""
 
-    def __init__(self, path: str, instance: str, methods: tuple[str, ...]):
-        self.path, self.instance, self.methods = path, instance, methods
+    def __init__(self, name: str, instance: str, methods: tuple[str, ...]):
+        self.name, self.instance, self.methods = name, instance, methods
+        self._address = _address(name)
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     @classmethod
     async def open(cls, advertisement: str, methods: tuple[str, ...],
                    timeout_s: float = 2.0) -> "LocalSocketClient":
-        """Connect to an advertised socket after checking that it is ours: a socket file owned by this user, and
-        a greeting with the advertised instance id. ConnectionError otherwise."""
-        path, _, instance = advertisement.partition("|")
-        try:
-            info = os.stat(path)
-        except OSError as exc:
-            raise ConnectionError(f"{path}: {exc}") from exc
-        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
-            raise ConnectionError(f"{path}: not a socket of this user")
-        client = cls(path, instance, methods)
+        """Connect to an advertised socket after checking that it is ours: a server of this user, and a greeting
+        with the advertised instance id. ConnectionError otherwise."""
+        name, _, instance = advertisement.partition("|")
+        if not sys.platform.startswith("linux"):
+            raise ConnectionError("local sockets: Linux only")
+        client = cls(name, instance, methods)
         code, greeting, _ = await client._round_trip("", b"", timeout_s)
         if code != grpc.StatusCode.OK or greeting.decode("utf-8", "replace") != instance:
             await client.close()
-            raise ConnectionError(f"{path}: another server answers there (instance {greeting!r})")
+            raise ConnectionError(f"{name}: another server answers there (instance {greeting!r})")
         return client
 
     async def call(self, method: str, payload: bytes, timeout_s: float) -> tuple[bytes, float]:
@@ -235,9 +232,9 @@ class LocalSocketClient:
 
     async def _round_trip(self, method: str, payload: bytes, timeout_s: float):
         try:
-            reader, writer = self._idle.pop() if self._idle else await asyncio.open_unix_connection(self.path)
+            reader, writer = self._idle.pop() if self._idle else await self._connect()
         except OSError as exc:
-            raise ConnectionError(f"{self.path}: {exc}") from exc
+            raise ConnectionError(f"{self.name}: {exc}") from exc
         try:
             head = REQUEST.pack(MAGIC, len(method), len(payload), int(timeout_s * 1e6))
             writer.write(head + method.encode("ascii") + payload)
@@ -247,12 +244,19 @@ class LocalSocketClient:
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"{method}: no reply within {timeout_s:.1f}s")
         except (asyncio.IncompleteReadError, OSError, FrameError) as exc:
             writer.close()
-            raise ConnectionError(f"{self.path}: {exc}") from exc
+            raise ConnectionError(f"{self.name}: {exc}") from exc
         except BaseException:  # cancelled mid-call: the reply may still come, so this connection is done
             writer.close()
             raise
         self._idle.append((reader, writer))
         return reply
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_unix_connection(self._address)
+        if _peer_uid(writer.get_extra_info("socket")) != os.getuid():
+            writer.close()
+            raise ConnectionError(f"{self.name}: served by another user")
+        return reader, writer
 
     @staticmethod
     async def _reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):

@@ -261,7 +261,7 @@ def test_the_coordinator_generates_over_the_replicas_local_socket_with_the_same_
     with grpc.insecure_channel(address) as ch:
         _, call = rollout_pb2_grpc.RolloutServiceStub(ch).Generate.with_call(
             convert_request(prompts), timeout=30)
-    assert dict(call.trailing_metadata())[TRAILER] == f"{socket_client.path}|{socket_client.instance}"
+    assert dict(call.trailing_metadata())[TRAILER] == f"{socket_client.name}|{socket_client.instance}"
     text = scrape(mport(cluster, "rollout", 1))
     # 3 + 3 generates and the trailer check; the bad call once on each road
     assert metric_value(text, "alignmesh_rpc_total", role="rollout", method="Generate", code="OK") - ok_before == 7
