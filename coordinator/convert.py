@@ -20,7 +20,8 @@ from alignmesh.services.sync.group import GroupSpec
 
 # Replies of the methods a replica may serve over its same-host socket (``services/common/local_socket.py``).
 LOCAL_REPLIES = {"Generate": rollout_pb2.GenerateResponse.FromString,
-                 "ComputeLogProbs": reference_pb2.LogProbsResponse.FromString}
+                 "ComputeLogProbs": reference_pb2.LogProbsResponse.FromString,
+                 "Score": reward_pb2.ScoreResponse.FromString}
 
 FINISH = {rollout_pb2.FINISH_REASON_STOP: "stop", rollout_pb2.FINISH_REASON_LENGTH: "length"}
 

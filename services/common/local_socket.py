@@ -4,8 +4,8 @@ gRPC method, without gRPC's per-call cost.
 Measured on a 2-core CPU host, a gRPC-Python call whose handler takes ~18 ms costs ~1 ms more than the handler
 (thread hand-offs in the client, the server's poller and event loop); a blocking Unix-socket round trip costs
 ~0.2 ms. The coordinator's per-step calls to a replica on its own host (rollout ``Generate``, reference
-``ComputeLogProbs``) use this road once the replica offers it; everything else (health, weights, sleep) stays on
-gRPC.
+``ComputeLogProbs``, reward ``Score``) use this road once the replica offers it; everything else (health,
+weights, sleep, the trainer) stays on gRPC.
 
 Discovery: the server listens on a Linux abstract socket named after its role and a random instance id (no file:
 the kernel frees the name when the process exits, even on SIGKILL; only processes in the same network namespace

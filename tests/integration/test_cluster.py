@@ -297,6 +297,37 @@ def test_the_reference_answers_over_its_local_socket_with_the_same_logprobs(clus
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "attention_mask" in err.details()
 
 
+def test_the_reward_scores_over_its_local_socket_with_the_same_scores_and_errors(cluster):
+    import asyncio
+
+    from alignmesh.coordinator.convert import score_request
+    from alignmesh.coordinator.handles import RewardPool, endpoints
+    from alignmesh.services.common.settings import SecurityConfig
+
+    items = [("12+30=", "42", {}), ("1+1=", "3", {"answer": "2"}), ("5+5=", "10", {})]
+
+    async def score():
+        pool = RewardPool(endpoints("reward", [addr(cluster, "reward")], SecurityConfig(),
+                                    reward_pb2_grpc.RewardServiceStub), 30)
+        try:
+            first = await pool.score(items)  # over gRPC: the reply offers the socket
+            taken = pool.eps[0].local
+            second = await pool.score(items)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await pool.call("Score", score_request(items, "no_such_rule"))
+            return first, second, taken, err.value
+        finally:
+            await pool.close()
+
+    first, second, taken, err = asyncio.run(score())
+    assert taken is not None and first.tolist() == second.tolist() == [1.0, 0.0, 1.0]
+    with grpc.insecure_channel(addr(cluster, "reward")) as ch:
+        with pytest.raises(grpc.RpcError) as by_grpc:
+            reward_pb2_grpc.RewardServiceStub(ch).Score(score_request(items, "no_such_rule"), timeout=10)
+    assert err.code() == by_grpc.value.code() and err.details() == by_grpc.value.details()
+    assert "no_such_rule" in err.details()
+
+
 def convert_request(prompts):
     from alignmesh.coordinator.convert import generate_request
 
