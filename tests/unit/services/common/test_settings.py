@@ -22,6 +22,7 @@ from alignmesh.services.common.settings import ClusterConfig
     ({"endpoints": {"trainer": ["dns:///t:1"]}}, "endpoints.trainer: dns:///t:1: only rollout, reward and reference"),
     ({"endpoints": {"rollout": ["nohost"]}}, "endpoints.rollout: 'nohost' is not host:port"),
     ({"endpoints": {"rollouts": ["a:1"]}}, "endpoints.rollouts: not a role"),
+    ({"local_sockets": "maybe"}, "local_sockets: must be true or false, got 'maybe'"),
 ])
 def test_bad_cluster_configs_name_the_field(data, message):
     with pytest.raises(ConfigError) as err:
@@ -34,3 +35,4 @@ def test_good_ones_load():
                                     "gradient_checkpointing": True},
                                     "endpoints": {"rollout": ["dns:///rollout-headless:50051", "10.0.0.2:50051"]}}, "")
     assert cfg.rollout.dtype == "bfloat16" and cfg.trainer.gradient_checkpointing
+    assert cfg.local_sockets and not from_dict(ClusterConfig, {"local_sockets": False}, "").local_sockets
