@@ -180,3 +180,19 @@ def test_another_user_is_refused(server):
     out = subprocess.run(["/usr/bin/python3", "-c", _AS_NOBODY, server.name[1:], greeting], user=65534,
                          capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "refused", out
+
+
+def test_a_server_offers_a_socket_only_when_the_cluster_allows_it_and_the_role_has_methods_for_it():
+    from alignmesh.services.common.server import ServeSpec, _local_socket
+    from alignmesh.services.common.settings import SecurityConfig
+
+    spec = ServeSpec("rollout", "127.0.0.1", 0, 0, SecurityConfig(), local_socket=False)
+    assert _local_socket(spec, {"Generate": _echo}) is None
+    spec.local_socket = True
+    assert _local_socket(spec, None) is None and _local_socket(spec, {}) is None
+    local = _local_socket(spec, {"Generate": _echo})
+    try:
+        assert local is not None and local.advertisement.startswith("@alignmesh-rollout-")
+        assert local.advertisement.endswith("|" + local.instance)
+    finally:
+        local.stop()
