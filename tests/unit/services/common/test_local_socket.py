@@ -166,7 +166,7 @@ try:
     conn.sendall(bytes.fromhex(sys.argv[2]))
     conn.settimeout(5)
     print("refused" if conn.recv(64) == b"" else "answered")
-except ConnectionResetError:
+except (ConnectionResetError, BrokenPipeError):  # hung up before or while the greeting was sent
     print("refused")
 except OSError as exc:
     print("error", exc)
