@@ -27,11 +27,17 @@ def _wrap(handler: grpc.RpcMethodHandler, unary: Callable, stream: Callable) -> 
     return handler  # client-streaming methods: none in our protos
 
 
-async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status code and details an exception becomes (domain errors by their code; anything else INTERNAL,
+    logged with its stack). Both roads into a service use it: this interceptor and the same-host socket."""
     if isinstance(exc, AlignmeshError):
-        await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        return getattr(grpc.StatusCode, exc.code), str(exc)
     log.error("INTERNAL in %s", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+    await context.abort(*status_for(exc, method))
 
 
 def _code_of(context: grpc.aio.ServicerContext) -> str:
@@ -93,10 +99,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             code = _code_of(context)
             if failed and code == "OK":
                 code = "CANCELLED"
-            metrics.RPC_TOTAL.labels(role, method, code).inc()
-            metrics.RPC_LATENCY.labels(role, method).observe(time.perf_counter() - start)
-            if code != "OK":
-                metrics.RPC_ERRORS.labels(role, method, code).inc()
+            metrics.record_rpc(role, method, code, time.perf_counter() - start)
 
         def unary(fn):
             async def run(request, context):

@@ -39,7 +39,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from alignmesh.services.common import metrics
-from alignmesh.services.common.errors import AlignmeshError, DeadlineExceeded, InvalidArgument
+from alignmesh.services.common.errors import DeadlineExceeded, InvalidArgument
+from alignmesh.services.common.interceptors import status_for
 
 log = logging.getLogger("alignmesh.local_socket")
 TRAILER = "alignmesh-local-socket"
@@ -57,18 +58,19 @@ class FrameError(Exception):
     """A peer that does not speak this protocol, or sent more than the size limit: its connection is closed."""
 
 
-def parse(message_cls, payload: bytes):
-    """A request message from a local call's payload; INVALID_ARGUMENT when it is not one."""
-    try:
-        return message_cls.FromString(payload)
-    except DecodeError as exc:
-        raise InvalidArgument("request", f"not a serialized {message_cls.__name__} ({exc})") from exc
-
-
-def check_deadline(deadline: float | None, method: str) -> None:
-    """Before the work starts: a call whose caller has given up is not started."""
-    if deadline is not None and time.monotonic() > deadline:
-        raise DeadlineExceeded(f"{method}: the caller's deadline passed before the call started")
+def local_method(method: str, request_cls, handle: Callable) -> Method:
+    """A servicer's synchronous ``handle(request) -> response`` as a method of this socket: the payload decoded
+    as ``request_cls`` (INVALID_ARGUMENT when it is not one), not started once the caller's deadline has passed,
+    the response serialized."""
+    def run(payload: bytes, deadline: float | None) -> bytes:
+        try:
+            request = request_cls.FromString(payload)
+        except DecodeError as exc:
+            raise InvalidArgument("request", f"not a serialized {request_cls.__name__} ({exc})") from exc
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded(f"{method}: the caller's deadline passed before the call started")
+        return handle(request).SerializeToString()
+    return run
 
 
 def _read_exact(conn: socket.socket, n: int) -> bytes:
@@ -176,18 +178,13 @@ class LocalSocketServer:
         code, body = grpc.StatusCode.OK, b""
         try:
             body = fn(payload, deadline)
-        except AlignmeshError as exc:
-            code, body = getattr(grpc.StatusCode, exc.code), str(exc).encode()
-        except Exception as exc:  # noqa: BLE001  (the one place this transport turns errors into codes)
-            log.error("INTERNAL in %s (local socket)", method, exc_info=exc)
-            code, body = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}".encode()
+        except Exception as exc:  # noqa: BLE001  (mapped as the gRPC road maps it)
+            code, details = status_for(exc, f"{method} (local socket)")
+            body = details.encode()
         finally:
             metrics.IN_FLIGHT.labels(self.role).dec()
         elapsed = time.perf_counter() - start
-        metrics.RPC_TOTAL.labels(self.role, method, code.name).inc()
-        metrics.RPC_LATENCY.labels(self.role, method).observe(elapsed)
-        if code != grpc.StatusCode.OK:
-            metrics.RPC_ERRORS.labels(self.role, method, code.name).inc()
+        metrics.record_rpc(self.role, method, code.name, elapsed)
         return code, body, int(elapsed * 1e6)
 
 

@@ -15,6 +15,14 @@ SERVING = Gauge("alignmesh_serving", "1 while the service reports SERVING", ["ro
 WEIGHT_VERSION = Gauge("alignmesh_weight_version", "Weight version the role serves or trains", ["role"])
 
 
+def record_rpc(role: str, method: str, code: str, seconds: float) -> None:
+    """One finished call, whichever road it came by (gRPC or the same-host socket)."""
+    RPC_TOTAL.labels(role, method, code).inc()
+    RPC_LATENCY.labels(role, method).observe(seconds)
+    if code != "OK":
+        RPC_ERRORS.labels(role, method, code).inc()
+
+
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
     """Serve /metrics on ``host`` (the service's own address: loopback unless it serves beyond); ``port`` 0 picks
     a free port. Returns the bound port."""

@@ -6,7 +6,7 @@ import asyncio
 
 from alignmesh.protos.reference.v1 import reference_pb2, reference_pb2_grpc
 from alignmesh.services.common.convert import check_width
-from alignmesh.services.common.local_socket import check_deadline, parse
+from alignmesh.services.common.local_socket import local_method
 from alignmesh.services.common.paths import PathPolicy
 from alignmesh.services.common.sleep_servicer import SleepWakeMixin
 from alignmesh.services.common.threads import run_pinned
@@ -25,22 +25,17 @@ class ReferenceServicer(WeightControlMixin, SleepWakeMixin, reference_pb2_grpc.R
         self.paths = paths  # where models may be loaded from
 
     async def ComputeLogProbs(self, request, context):
+        return await asyncio.to_thread(self._logprobs, request)
+
+    def _logprobs(self, request) -> reference_pb2.LogProbsResponse:
+        """On a worker thread (gRPC's hand-over, or the same-host socket's own): decode, compute, encode."""
         ids, mask, prompt_lengths = convert.batch_from_proto(request, self.vocab_size)
         check_width(ids, self.context)
-        logprobs, version = await asyncio.to_thread(run_pinned, self.backend.logprobs, ids, mask, prompt_lengths)
-        return convert.logprobs_to_proto(logprobs, version)
+        return convert.logprobs_to_proto(*run_pinned(self.backend.logprobs, ids, mask, prompt_lengths))
 
     def local_methods(self) -> dict:
         """What a same-host caller may call over the local socket (``services/common/local_socket.py``)."""
-        return {"ComputeLogProbs": self._logprobs_local}
-
-    def _logprobs_local(self, payload: bytes, deadline: float | None) -> bytes:
-        request = parse(reference_pb2.LogProbsRequest, payload)
-        check_deadline(deadline, "ComputeLogProbs")
-        ids, mask, prompt_lengths = convert.batch_from_proto(request, self.vocab_size)
-        check_width(ids, self.context)
-        logprobs, version = run_pinned(self.backend.logprobs, ids, mask, prompt_lengths)
-        return convert.logprobs_to_proto(logprobs, version).SerializeToString()
+        return {"ComputeLogProbs": local_method("ComputeLogProbs", reference_pb2.LogProbsRequest, self._logprobs)}
 
     async def LoadWeights(self, request, context):
         if request.path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from alignmesh.protos.rollout.v1 import rollout_pb2, rollout_pb2_grpc
-from alignmesh.services.common.local_socket import check_deadline, parse
+from alignmesh.services.common.local_socket import local_method
 from alignmesh.services.common.sleep_servicer import SleepWakeMixin
 from alignmesh.services.common.threads import ComputeThread
 from alignmesh.services.rollout import convert
@@ -33,12 +33,8 @@ class RolloutServicer(WeightControlMixin, SleepWakeMixin, rollout_pb2_grpc.Rollo
 
     def local_methods(self) -> dict:
         """What a same-host caller may call over the local socket (``services/common/local_socket.py``)."""
-        return {"Generate": self._generate_local}
-
-    def _generate_local(self, payload: bytes, deadline: float | None) -> bytes:
-        request = parse(rollout_pb2.GenerateRequest, payload)
-        check_deadline(deadline, "Generate")
-        return self.compute.call(self._generate, request).SerializeToString()
+        return {"Generate": local_method("Generate", rollout_pb2.GenerateRequest,
+                                         lambda request: self.compute.call(self._generate, request))}
 
 
 def add_to_server(servicer: RolloutServicer, server) -> list[str]:
