@@ -9,6 +9,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 for _name in ("ALIGNMESH_CLIENT_CONFIG", "ALIGNMESH_COORDINATOR", "ALIGNMESH_TOKEN"):
     os.environ.pop(_name, None)
 os.environ["XDG_CONFIG_HOME"] = __import__("tempfile").mkdtemp(prefix="alignmesh-test-config-")
+__import__("atexit").register(__import__("shutil").rmtree, os.environ["XDG_CONFIG_HOME"], True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
