@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import os
 import socket
 import time
 import uuid
@@ -42,17 +43,23 @@ class CommitFailed(Aborted):
         self.result = result
 
 
-def listening_store(host: str, timeout_s: float) -> tuple[dist.TCPStore, socket.socket]:
+def listening_store(host: str, timeout_s: float) -> dist.TCPStore:
     """The rendezvous store of the sync groups, listening on ``host`` only (torch's own server listens on every
-    interface): the socket is bound here and handed to the store. Keep the socket alive as long as the store."""
+    interface): the socket is bound here and handed to the store.
+
+    The store takes ownership of the descriptor it is given and closes it when it goes, so it gets a duplicate
+    and the socket bound here is closed at once: two owners of one descriptor number would close it twice, and
+    the second close would hit whatever the process opened under that number in between (gRPC's poller once)."""
     family, kind, proto, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
-    listener = socket.socket(family, kind, proto)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(addr)
-    listener.listen(512)
-    store = dist.TCPStore(host, listener.getsockname()[1], None, True, dt.timedelta(seconds=timeout_s),
-                          wait_for_workers=False, master_listen_fd=listener.fileno())
-    return store, listener
+    with socket.socket(family, kind, proto) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(addr)
+        listener.listen(512)
+        port, owned_by_store = listener.getsockname()[1], os.dup(listener.fileno())
+    # If the store fails to start, the duplicate is left open: whether torch closed it is not known, and a
+    # descriptor leaked on an error path is safer than one closed twice.
+    return dist.TCPStore(host, port, None, True, dt.timedelta(seconds=timeout_s), wait_for_workers=False,
+                         master_listen_fd=owned_by_store)
 
 
 class WeightSync:
@@ -67,7 +74,7 @@ class WeightSync:
         self.dtypes = dict(dtypes or {})
         self.merged = set(merged or ())
         self.bucket_bytes, self.timeout_s, self.backend = bucket_bytes, timeout_s, backend
-        self._store, self._listener = listening_store(store_host, timeout_s)
+        self._store = listening_store(store_host, timeout_s)
         self._groups: dict[str, tuple[str, tuple[str, ...]]] = {}  # name -> (group id, member addresses)
         self._manifests: dict[tuple[str, bool], weights_pb2.WeightManifest] = {}  # by (dtype, merged)
 
