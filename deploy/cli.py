@@ -23,6 +23,10 @@ def missing_server_modules() -> list[str]:
 
 
 def _serve(args) -> int:
+    if args.parent_pid is not None:
+        from alignmesh.deploy.local import die_with_parent
+
+        die_with_parent(args.parent_pid)
     from alignmesh.deploy.serve import run
 
     run(args.role, load_cluster_config(args.config), args.port, args.metrics_port, args.host, args.insecure,
@@ -114,6 +118,8 @@ def add_server_verbs(sub) -> None:
                         "machine's name when listening on every interface)")
     s.add_argument("--insecure", action="store_true",
                    help="listen beyond loopback without authentication (only on a network you trust)")
+    s.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="stop (SIGTERM) when this process, the launcher, dies (Linux; `alignmesh up` passes it)")
     s.set_defaults(fn=_serve, server=True)
     for name, fn, helptext, example in (
             ("up", _up, "start a local cluster", "alignmesh up examples/cluster_local.yaml --detach"),

@@ -87,12 +87,26 @@ def plan(cfg: ClusterConfig) -> list[Member]:
     return members
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if the launcher dies, so no service outlives it."""
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: this process gets SIGTERM when its launcher ``parent_pid`` dies, so no service outlives it.
+
+    A service calls it itself as it starts (``alignmesh serve --parent-pid``), never the launcher between fork and
+    exec: a ``preexec_fn`` makes Python fork with gRPC's fork handlers, whose child side can restart gRPC's poller
+    in the child just before ``close_fds`` closes its descriptors — the child then aborts (``epoll_wait: Bad file
+    descriptor``) before it execs."""
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
-        pass
+        return
+    if os.getppid() != parent_pid:  # the launcher died before the line above: no signal would come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def spawn(cmd: list[str], log_path: str, env: dict[str, str]) -> subprocess.Popen:
+    """Start a service process with its output appended to ``log_path``; no Python code runs between fork and
+    exec (see ``die_with_parent``)."""
+    with open(log_path, "a") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def health_ok(address: str, timeout: float = 1.0, security: SecurityConfig | None = None) -> bool:
@@ -163,9 +177,9 @@ class LocalCluster:
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "alignmesh.deploy.cli", "serve", m.role, "--config", str(self.resolved),
                "--port", str(m.port), "--metrics-port", str(m.metrics_port)]
-        with open(m.log, "a") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    preexec_fn=None if self.detach else _die_with_parent)
+        if not self.detach:
+            cmd += ["--parent-pid", str(os.getpid())]
+        proc = spawn(cmd, m.log, env)
         m.pid = proc.pid
         return proc
 
