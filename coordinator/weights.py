@@ -49,7 +49,7 @@ def listening_store(host: str, timeout_s: float) -> dist.TCPStore:
 
     The store takes ownership of the descriptor it is given and closes it when it goes, so it gets a duplicate
     and the socket bound here is closed at once: two owners of one descriptor number would close it twice, and
-    the second close would hit whatever the process opened under that number in between (gRPC's poller once)."""
+    the second close would hit whatever the process opened under that number in between."""
     family, kind, proto, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
     with socket.socket(family, kind, proto) as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
